@@ -1,0 +1,84 @@
+"""Artifacts: every binary and image the cluster is made of, pinned in lock.yaml and cached by version."""
+from __future__ import annotations
+
+import inspect
+import shutil
+import subprocess
+from pathlib import Path
+
+import yaml
+
+from . import download, gobuild
+from .store import ArtifactError, Entry, commit, lookup, recipe_key, staging_dir
+
+LOCK = Path(__file__).with_name("lock.yaml")
+SOURCES = ("build", "download")
+
+
+def load_lock(path: Path = LOCK) -> dict:
+    lock = yaml.safe_load(path.read_text())
+    if lock.get("source") not in SOURCES:
+        raise ArtifactError(f"{path}: source must be one of {', '.join(SOURCES)}, not {lock.get('source')!r}")
+    return lock
+
+
+def _key(name: str, spec: dict, source: str) -> str:
+    # The recipe includes the code that runs it, so a builder fix invalidates what it built.
+    return recipe_key(spec["version"], source, spec, inspect.getsource(gobuild), inspect.getsource(download))
+
+
+def verify_version(entry_dir: Path, spec: dict) -> None:
+    """Every binary must report the pinned version; a v0.0.0 means the version stamps were lost."""
+    wanted = spec["version"].lstrip("v")
+    for binary in spec["binaries"]:
+        args = spec.get("version_commands", {}).get(binary, spec["version_command"])
+        proc = subprocess.run([str(entry_dir / binary), *args],
+                              capture_output=True, text=True, timeout=60)
+        said = proc.stdout + proc.stderr
+        if wanted not in said:
+            raise ArtifactError(f"{binary} reports {said.strip()[:200]!r}, not the pinned {spec['version']}")
+
+
+def ensure_go(name: str, lock: dict | None = None, log=print) -> Entry:
+    lock = lock or load_lock()
+    spec = lock["go"][name]
+    source = lock["source"]
+    key = _key(name, spec, source)
+    entry = lookup(name, key)
+    if entry:
+        return entry
+    log(f"{name} {spec['version']}: {'compiling from Go modules' if source == 'build' else 'downloading'}")
+    staging = staging_dir(name)
+    try:
+        if source == "build":
+            gobuild.build(name, spec, staging, log=log)
+        else:
+            download.fetch(name, spec, staging, log=log)
+        verify_version(staging, spec)
+        return commit(name, key, spec["version"], staging)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def ensure_all(lock: dict | None = None, log=print) -> list[Entry]:
+    lock = lock or load_lock()
+    return [ensure_go(name, lock, log) for name in lock["go"]]
+
+
+def binaries(entries: list[Entry]) -> dict[str, str]:
+    """Binary name -> path on this host, the shape the Ansible roles take as `pilothouse_binaries`."""
+    return {f: str(e.file(f)) for e in entries for f in e.files}
+
+
+def export_bundle(entries: list[Entry], dest: Path) -> Path:
+    """Copy every artifact into one directory with a SHA256SUMS file, for carrying to an offline site."""
+    dest.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for entry in entries:
+        (dest / entry.name).mkdir(exist_ok=True)
+        for name, digest in entry.files.items():
+            shutil.copy2(entry.file(name), dest / entry.name / name)
+            lines.append(f"{digest}  {entry.name}/{name}")
+    (dest / "SHA256SUMS").write_text("\n".join(lines) + "\n")
+    return dest

@@ -1,0 +1,88 @@
+"""Compile pinned Go programs from the Go module proxy.
+
+Each build happens in a throwaway wrapper module that requires the upstream module at its pinned version.
+Upstream `replace` lines (local staging paths in Kubernetes, relative paths in etcd) only apply to a
+module built as the main module, so the wrapper restates them with published versions.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+from .store import ArtifactError
+
+
+def _run(cmd: list[str], cwd: Path, env: dict[str, str], what: str) -> None:
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-25:])
+        if "unknown revision" in tail or "invalid version" in tail or "no matching versions" in tail:
+            raise ArtifactError(f"{what}: the pinned version does not exist on the Go module proxy. "
+                                f"Fix the version in infra/artifacts/lock.yaml.\n{tail}")
+        raise ArtifactError(f"{what} failed ({' '.join(cmd[:3])} ...):\n{tail}")
+
+
+def go_env() -> dict[str, str]:
+    if shutil.which("go") is None:
+        raise ArtifactError("no Go toolchain on PATH: install Go >= 1.24 (e.g. `apt-get install golang`), "
+                            "or set `source: download` in infra/artifacts/lock.yaml on a machine with internet.")
+    env = dict(os.environ, CGO_ENABLED="0", GOFLAGS="-mod=mod -buildvcs=false", GOTOOLCHAIN="local")
+    return env
+
+
+def ldflags(spec: dict) -> str:
+    """Strip debug info and set the version variables the lock names (`stamps`), so each binary
+    reports its real version instead of v0.0.0 or "dev"."""
+    version = spec["version"]
+    major, minor = version.lstrip("v").split(".")[:2]
+    flags = ["-s", "-w"]
+    for pkg, stamps in spec.get("stamps", {}).items():
+        for var, value in stamps.items():
+            flags.append(f"-X {pkg}.{var}={value.format(version=version, major=major, minor=minor)}")
+    return " ".join(flags)
+
+
+def write_wrapper(workdir: Path, name: str, spec: dict) -> None:
+    version = spec["version"]
+    lines = [f"module pilothouse.local/build/{name}", "", "go 1.24", "", "require ("]
+    for module in [spec["module"], *spec.get("extra_modules", [])]:
+        lines.append(f"\t{module} {version}")
+    lines.append(")")
+    replaces = dict(spec.get("replace", {}))
+    if "staging" in spec:
+        staging_version = "v0." + version.lstrip("v").split(".", 1)[1]
+        replaces.update({f"k8s.io/{m}": f"k8s.io/{m} {staging_version}" for m in spec["staging"]})
+    if replaces:
+        lines += ["", "replace ("]
+        lines += [f"\t{old} => {new}" for old, new in replaces.items()]
+        lines.append(")")
+    (workdir / "go.mod").write_text("\n".join(lines) + "\n")
+    # A blank import of each main package keeps `go mod tidy` from dropping what we build.
+    imports = "\n".join(f'\t_ "{_package(spec, p)}"' for p in spec["binaries"].values())
+    (workdir / "tools.go").write_text(f"//go:build tools\n\npackage tools\n\nimport (\n{imports}\n)\n")
+
+
+def _package(spec: dict, path: str) -> str:
+    return path if "." in path.split("/")[0] else f"{spec['module']}/{path}"
+
+
+def build(name: str, spec: dict, out: Path, log=print) -> None:
+    env = go_env()
+    work = out.parent / (out.name + ".src")
+    work.mkdir()
+    try:
+        write_wrapper(work, name, spec)
+        started = time.monotonic()
+        _run(["go", "mod", "tidy", "-e"], work, env, f"{name} {spec['version']}: resolving modules")
+        # A full `go mod tidy` may still leave the requested version missing; check it explicitly.
+        _run(["go", "list", "-m", spec["module"]], work, env, f"{name} {spec['version']}")
+        flags = ldflags(spec)
+        for binary, path in spec["binaries"].items():
+            log(f"  {name}: compiling {binary} ({time.monotonic() - started:.0f}s)")
+            _run(["go", "build", "-tags", "tools", "-trimpath", "-ldflags", flags,
+                  "-o", str(out / binary), _package(spec, path)], work, env, f"building {binary}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
