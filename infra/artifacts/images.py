@@ -1,0 +1,564 @@
+"""Container images as OCI archives, built offline from pinned Debian packages and local sources.
+
+Each family in images.yaml is one build: a root filesystem layer (on top of the busybox layer for most),
+saved with umoci as an OCI layout holding one manifest per tag, then tarred into an oci-archive under
+~/.cache/pilothouse/images/<family>/<version>-<recipe hash>/. Families that sit on busybox reuse its
+archive's layer blob, so the registry and containerd store it once.
+
+    python -m infra.artifacts.images           build what is missing
+    python -m infra.artifacts.images --list    name, tag, digest, size and archive of every image
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import inspect
+import json
+import os
+import shutil
+import subprocess
+import tarfile
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from .store import ArtifactError, cache_root, recipe_key, sha256_file
+
+SPEC = Path(__file__).with_name("images.yaml")
+STANDIN_SRC = Path(__file__).with_name("standin")
+ARCHIVE = "image.oci.tar"
+MANIFEST = "MANIFEST.json"
+BUILD_TAG = "pilothouse-build"
+PATH_ENV = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+# Host tools -> the Debian package that provides them.
+HOST_PACKAGES = {"umoci": "umoci", "skopeo": "skopeo", "runc": "runc",
+                 "docker-registry": "docker-registry", "gcc": "gcc", "dpkg-deb": "dpkg"}
+# Paths from Debian packages that an image never needs.
+PRUNE = ("usr/share/doc", "usr/share/man", "usr/share/info", "usr/share/lintian", "usr/share/bug",
+         "usr/share/vim", "usr/share/apport", "etc/init.d", "etc/logrotate.d", "etc/default", "etc/ufw",
+         "lib/systemd", "usr/lib/systemd", "etc/cron.daily")
+
+
+def ensure_host_packages(*tools: str) -> None:
+    """Install the Debian packages behind `tools` (apt-get, only when one is missing)."""
+    missing = sorted({HOST_PACKAGES[t] for t in tools if shutil.which(t) is None})
+    if not missing:
+        return
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        raise ArtifactError(f"missing host tools {', '.join(tools)}: install the Debian packages "
+                            f"{' '.join(missing)} (`sudo apt-get install -y {' '.join(missing)}`)")
+    proc = subprocess.run(["apt-get", "install", "-y", "-q", *missing], capture_output=True, text=True,
+                          env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
+    if proc.returncode != 0:
+        raise ArtifactError(f"apt-get install {' '.join(missing)} failed; run `apt-get update` and retry:\n"
+                            + proc.stderr.strip()[-800:])
+
+
+def run(cmd: list[str], what: str, **kwargs) -> str:
+    proc = subprocess.run(cmd, capture_output=True, text=True, **kwargs)
+    if proc.returncode != 0:
+        raise ArtifactError(f"{what} failed ({' '.join(cmd[:4])} ...):\n{(proc.stderr or proc.stdout).strip()[-1500:]}")
+    return proc.stdout
+
+
+def load_spec(path: Path = SPEC) -> dict:
+    spec = yaml.safe_load(path.read_text())
+    for name, family in spec["families"].items():
+        for field in ("recipe", "version", "tags"):
+            if field not in family:
+                raise ArtifactError(f"{path}: family {name} has no `{field}`")
+        if family.get("base") and family["base"] not in spec["families"]:
+            raise ArtifactError(f"{path}: family {name} sits on unknown base {family['base']!r}")
+        for pkg in family.get("debs", []) + family.get("libdebs", []):
+            if pkg not in spec["debian"]:
+                raise ArtifactError(f"{path}: family {name} uses Debian package {pkg} without a pin under `debian:`")
+    return spec
+
+
+# ---- Debian packages -------------------------------------------------------------------------------
+
+def fetch_deb(package: str, version: str) -> Path:
+    """The pinned .deb, downloaded once into the cache with `apt-get download`."""
+    cache = cache_root() / "images" / "debs"
+    cache.mkdir(parents=True, exist_ok=True)
+    name = f"{package}_{version.replace(':', '%3a')}_"
+    found = [p for p in cache.glob(name + "*.deb")]
+    if found:
+        return found[0]
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=cache))
+    try:
+        proc = subprocess.run(["apt-get", "download", "-q", f"{package}={version}"], cwd=tmp,
+                              capture_output=True, text=True)
+        debs = list(tmp.glob("*.deb"))
+        if proc.returncode != 0 or len(debs) != 1:
+            raise ArtifactError(
+                f"cannot download Debian package {package}={version}: {proc.stderr.strip()[-400:]}\n"
+                f"Run `apt-get update`; if Debian no longer serves this version, `apt-cache policy {package}` "
+                f"shows the current one: pin it under `debian:` in {SPEC}.")
+        os.rename(debs[0], cache / debs[0].name)
+        return cache / debs[0].name
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def unpack_debs(packages: list[str], pins: dict, into: Path) -> None:
+    into.mkdir(parents=True, exist_ok=True)
+    for package in packages:
+        run(["dpkg-deb", "-x", str(fetch_deb(package, pins[package])), str(into)], f"unpacking {package}")
+
+
+def prune(root: Path) -> None:
+    for rel in PRUNE:
+        target = root / rel
+        if target.is_symlink() or target.is_file():
+            target.unlink()
+        elif target.exists():
+            shutil.rmtree(target)
+
+
+def _is_elf(path: Path) -> bool:
+    if path.is_symlink() or not path.is_file():
+        return False
+    with open(path, "rb") as f:
+        return f.read(4) == b"\x7fELF"
+
+
+def add_shared_libs(layer: Path, sysroot: Path) -> None:
+    """Copy from `sysroot` (unpacked library packages) exactly the shared libraries `layer`'s ELF files load.
+
+    The sysroot's own loader resolves them, so nothing comes from the host; a library it has to take
+    from the host means a package is missing from the family's `libdebs`.
+    """
+    loader = sysroot / "lib64" / "ld-linux-x86-64.so.2"
+    if not loader.exists():
+        raise ArtifactError("dynamically linked files need `libc6` in the family's libdebs in images.yaml")
+    search = ":".join(str(sysroot / d) for d in ("lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu"))
+    needed: set[Path] = {Path("lib64/ld-linux-x86-64.so.2")}
+    for path in sorted(p for p in layer.rglob("*") if _is_elf(p)):
+        proc = subprocess.run([str(loader), "--library-path", search, "--list", str(path)],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            continue  # statically linked: nothing to copy
+        for line in proc.stdout.splitlines():
+            if "=>" not in line:
+                continue
+            target = line.split("=>")[1].split("(")[0].strip()
+            if target == "not found" or not target.startswith(str(sysroot)):
+                lib = line.split("=>")[0].strip()
+                raise ArtifactError(f"{path.relative_to(layer)} needs {lib}, which no package in the family's "
+                                    "libdebs provides; add its Debian package there (images.yaml)")
+            needed.add(Path(target).relative_to(sysroot))
+    for rel in sorted(needed):
+        _copy_with_links(sysroot, rel, layer)
+
+
+def _copy_with_links(src_root: Path, rel: Path, dst_root: Path) -> None:
+    """Copy src_root/rel to dst_root/rel, following a chain of symlinks and copying each link too."""
+    while True:
+        src, dst = src_root / rel, dst_root / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if dst.exists() or dst.is_symlink():
+            return
+        if src.is_symlink():
+            link = os.readlink(src)
+            os.symlink(link, dst)
+            rel = Path(link).relative_to("/") if link.startswith("/") else (rel.parent / link)
+            rel = Path(os.path.normpath(rel))
+            continue
+        shutil.copy2(src, dst)
+        return
+
+
+# ---- recipes: each fills `layer` (the family's new layer) --------------------------------------------
+
+@dataclass
+class Context:
+    name: str
+    family: dict
+    spec: dict
+    work: Path
+    artifact: Path | None = None
+    log: Callable[[str], None] = print
+
+
+def recipe_pause(ctx: Context, layer: Path) -> None:
+    ensure_host_packages("gcc")
+    version = ctx.family["kubernetes"]
+    env = dict(os.environ, GOFLAGS="-mod=mod", GOTOOLCHAIN="local")
+    info = json.loads(run(["go", "mod", "download", "-json", f"k8s.io/kubernetes@{version}"],
+                          f"fetching the Kubernetes {version} source for pause", cwd=ctx.work, env=env))
+    source = Path(info["Dir"]) / "build" / "pause"
+    tag = next((line.split("=", 1)[1].strip() for line in (source / "Makefile").read_text().splitlines()
+                if line.startswith("TAG ?=")), None)
+    if tag != ctx.family["version"]:
+        raise ArtifactError(f"Kubernetes {version} builds pause {tag}, but images.yaml pins "
+                            f"{ctx.family['version']}: set the pause family's version (and ref) to {tag}")
+    # The Makefile's flags, with the Kubernetes version standing in for its `git describe`.
+    run(["gcc", "-Os", "-Wall", "-Werror", "-static", f"-DVERSION=v{tag}-{version}",
+         "-o", str(layer / "pause"), str(source / "linux" / "pause.c")], "compiling pause.c")
+    run(["strip", str(layer / "pause")], "stripping pause")
+
+
+def recipe_busybox(ctx: Context, layer: Path) -> None:
+    unpack_debs(ctx.family["debs"], ctx.spec["debian"], ctx.work / "deb")
+    busybox = layer / "bin" / "busybox"
+    busybox.parent.mkdir(parents=True)
+    shutil.copy2(ctx.work / "deb" / "bin" / "busybox", busybox)
+    for applet in run([str(busybox), "--list-full"], "listing busybox applets").split():
+        link = layer / applet
+        if not link.exists():
+            link.parent.mkdir(parents=True, exist_ok=True)
+            os.symlink("/bin/busybox", link)
+    (layer / "etc").mkdir(exist_ok=True)
+    # Accounts the images' processes run as: nginx (101) and www-data like the official images,
+    # nobody for the pause-like 65534/65535 users.
+    (layer / "etc" / "passwd").write_text(
+        "root:x:0:0:root:/root:/bin/sh\nwww-data:x:33:33:www-data:/var/www:/bin/false\n"
+        "nginx:x:101:101:nginx:/nonexistent:/bin/false\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n")
+    (layer / "etc" / "group").write_text("root:x:0:\nwww-data:x:33:\nnginx:x:101:\nnogroup:x:65534:\n")
+    for d in ("root", "tmp", "var/tmp", "home", "run", "proc", "sys", "dev"):
+        (layer / d).mkdir(parents=True, exist_ok=True)
+    os.chmod(layer / "tmp", 0o1777)
+    os.chmod(layer / "var" / "tmp", 0o1777)
+
+
+def _debs_and_libs(ctx: Context, layer: Path) -> None:
+    unpack_debs(ctx.family.get("debs", []), ctx.spec["debian"], layer)
+    prune(layer)
+    if ctx.family.get("libdebs"):
+        sysroot = ctx.work / "sysroot"
+        unpack_debs(ctx.family["libdebs"], ctx.spec["debian"], sysroot)
+        add_shared_libs(layer, sysroot)
+
+
+def recipe_fortune(ctx: Context, layer: Path) -> None:
+    _debs_and_libs(ctx, layer)
+    (layer / "bin").mkdir(exist_ok=True)
+    shutil.copy2(STANDIN_SRC / "fortuneloop.sh", layer / "bin" / "fortuneloop.sh")
+
+
+NGINX_CONF = """\
+# Laid out like the official nginx image: server blocks live in conf.d/*.conf.
+user  nginx;
+worker_processes  auto;
+error_log  /var/log/nginx/error.log notice;
+pid        /run/nginx.pid;
+
+events {
+    worker_connections  1024;
+}
+
+http {
+    include       /etc/nginx/mime.types;
+    default_type  application/octet-stream;
+    access_log    /var/log/nginx/access.log;
+    sendfile      on;
+    keepalive_timeout  65;
+    include /etc/nginx/conf.d/*.conf;
+}
+"""
+
+NGINX_DEFAULT_SERVER = """\
+server {
+    listen       80;
+    listen  [::]:80;
+    server_name  localhost;
+
+    location / {
+        root   /usr/share/nginx/html;
+        index  index.html index.htm;
+    }
+
+    error_page   500 502 503 504  /50x.html;
+    location = /50x.html {
+        root   /usr/share/nginx/html;
+    }
+}
+"""
+
+NGINX_WELCOME = """\
+<!DOCTYPE html>
+<html>
+<head><title>Welcome to nginx!</title></head>
+<body>
+<h1>Welcome to nginx!</h1>
+<p>If you see this page, the nginx web server is successfully installed and working.</p>
+<p><em>Served by pilothouse's local nginx image (Debian's nginx package).</em></p>
+</body>
+</html>
+"""
+
+
+def recipe_nginx(ctx: Context, layer: Path) -> None:
+    _debs_and_libs(ctx, layer)
+    etc = layer / "etc" / "nginx"
+    for debian_only in ("sites-available", "sites-enabled", "modules-available", "modules-enabled", "snippets"):
+        shutil.rmtree(etc / debian_only, ignore_errors=True)
+    (etc / "nginx.conf").write_text(NGINX_CONF)
+    (etc / "conf.d").mkdir(exist_ok=True)
+    (etc / "conf.d" / "default.conf").write_text(NGINX_DEFAULT_SERVER)
+    html = layer / "usr" / "share" / "nginx" / "html"
+    (html / "index.html").write_text(NGINX_WELCOME)
+    (html / "50x.html").write_text("<!DOCTYPE html>\n<html><body><h1>An error occurred.</h1></body></html>\n")
+    # As in the official image, logs go to the container's stdout/stderr.
+    logs = layer / "var" / "log" / "nginx"
+    logs.mkdir(parents=True, exist_ok=True)
+    os.symlink("/dev/stdout", logs / "access.log")
+    os.symlink("/dev/stderr", logs / "error.log")
+    for d in ("var/lib/nginx", "var/cache/nginx", "run", "var/lock"):
+        (layer / d).mkdir(parents=True, exist_ok=True)
+
+
+def recipe_perl(ctx: Context, layer: Path) -> None:
+    _debs_and_libs(ctx, layer)
+    for pod in list(layer.rglob("*.pod")):  # documentation, never loaded
+        pod.unlink()
+
+
+def go_build_standin(out: Path) -> None:
+    if shutil.which("go") is None:
+        raise ArtifactError("the stand-in images need a Go toolchain: install Go >= 1.24 (`apt-get install golang`)")
+    env = dict(os.environ, CGO_ENABLED="0", GOTOOLCHAIN="local", GOFLAGS="-buildvcs=false")
+    run(["go", "build", "-trimpath", "-ldflags", "-s -w", "-o", str(out), "."],
+        "compiling the Go stand-in", cwd=STANDIN_SRC, env=env)
+
+
+def recipe_standin(ctx: Context, layer: Path) -> None:
+    go_build_standin(layer / "standin")
+    (layer / "usr" / "bin").mkdir(parents=True)
+    shutil.copy2(STANDIN_SRC / "curl", layer / "usr" / "bin" / "curl")
+    (layer / "bin").mkdir()
+    os.symlink("/bin/busybox", layer / "bin" / "bash")  # the notes `exec ... bash`; ash answers
+    (layer / "var" / "data").mkdir(parents=True)
+
+
+def recipe_kubectl_proxy(ctx: Context, layer: Path) -> None:
+    shutil.copy2(ctx.artifact, layer / "kubectl")
+    shutil.copy2(STANDIN_SRC / "kubectl-proxy.sh", layer / "kubectl-proxy.sh")
+
+
+def recipe_coredns(ctx: Context, layer: Path) -> None:
+    shutil.copy2(ctx.artifact, layer / "coredns")
+
+
+RECIPES = {"pause": recipe_pause, "busybox": recipe_busybox, "fortune": recipe_fortune, "nginx": recipe_nginx,
+           "perl": recipe_perl, "standin": recipe_standin, "kubectl-proxy": recipe_kubectl_proxy,
+           "coredns": recipe_coredns}
+
+
+# ---- building and caching ----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ImageTag:
+    family: str
+    tag: str
+    digest: str  # manifest digest, what the registry reports for each ref
+    refs: tuple[str, ...]
+    standin: str | None
+
+
+@dataclass(frozen=True)
+class ImageFamily:
+    name: str
+    version: str
+    archive: Path
+    tags: tuple[ImageTag, ...]
+
+    @property
+    def size(self) -> int:
+        return self.archive.stat().st_size
+
+
+def find_artifact(name: str, file: str) -> Path | None:
+    """The newest cached build of a lock.yaml artifact that contains `file`, or None if not built yet."""
+    lock = yaml.safe_load(Path(__file__).with_name("lock.yaml").read_text())
+    version = lock["go"][name]["version"]
+    best = None
+    for manifest in (cache_root() / "artifacts" / name).glob("*/MANIFEST.json"):
+        try:
+            meta = json.loads(manifest.read_text())
+        except (OSError, ValueError):
+            continue
+        if meta.get("version") == version and file in meta.get("files", {}):
+            if best is None or manifest.stat().st_mtime > best.stat().st_mtime:
+                best = manifest
+    return best.parent / file if best else None
+
+
+def _source_digest() -> str:
+    h = hashlib.sha256(inspect.getsource(inspect.getmodule(_source_digest)).encode())
+    for path in sorted(STANDIN_SRC.iterdir()):
+        h.update(path.name.encode() + path.read_bytes())
+    return h.hexdigest()
+
+
+def family_key(name: str, spec: dict, base_key: str | None, artifact: Path | None) -> str:
+    family = spec["families"][name]
+    pins = {p: spec["debian"][p] for p in family.get("debs", []) + family.get("libdebs", [])}
+    return recipe_key(family["version"], name, family, pins, base_key, _source_digest(),
+                      sha256_file(artifact) if artifact else None)
+
+
+def family_dir(name: str, key: str) -> Path:
+    return cache_root() / "images" / name / key
+
+
+def load_family(name: str, key: str) -> ImageFamily | None:
+    path = family_dir(name, key)
+    try:
+        meta = json.loads((path / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    if not (path / ARCHIVE).exists():
+        return None
+    tags = tuple(ImageTag(name, t["tag"], t["digest"], tuple(t["refs"]), t.get("standin")) for t in meta["tags"])
+    return ImageFamily(name, meta["version"], path / ARCHIVE, tags)
+
+
+def _umoci(*args: str) -> str:
+    return run(["umoci", *args], f"umoci {args[0]}")
+
+
+def _config_args(config: dict) -> list[str]:
+    args = ["--clear=config.entrypoint", "--clear=config.cmd", "--clear=config.env",
+            "--clear=config.exposedports", "--os=linux", "--architecture=amd64",
+            f"--config.env={PATH_ENV}"]
+    args += [f"--config.entrypoint={a}" for a in config.get("entrypoint", [])]
+    args += [f"--config.cmd={a}" for a in config.get("cmd", [])]
+    args += [f"--config.env={e}" for e in config.get("env", [])]
+    args += [f"--config.exposedports={p}" for p in config.get("ports", [])]
+    args.append(f"--config.workingdir={config.get('workdir', '/')}")
+    args.append(f"--config.user={config.get('user', '0:0')}")
+    if "stop_signal" in config:
+        args.append(f"--config.stopsignal={config['stop_signal']}")
+    return args
+
+
+def build_family(name: str, spec: dict, key: str, base: ImageFamily | None, artifact: Path | None,
+                 log=print) -> ImageFamily:
+    family = spec["families"][name]
+    parent = cache_root() / "images" / name
+    parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".tmp-", dir=parent))
+    try:
+        layout, layer, work = staging / "layout", staging / "layer", staging / "work"
+        layer.mkdir()
+        work.mkdir()
+        if base:
+            # Start from the base archive's layout so its layer blob is reused byte for byte.
+            with tarfile.open(base.archive) as tar:
+                tar.extractall(layout, filter="tar")
+            _umoci("tag", "--image", f"{layout}:{base.tags[0].tag}", BUILD_TAG)
+            for t in base.tags:
+                _umoci("rm", "--image", f"{layout}:{t.tag}")
+        else:
+            _umoci("init", "--layout", str(layout))
+            _umoci("new", "--image", f"{layout}:{BUILD_TAG}")
+        RECIPES[family["recipe"]](Context(name, family, spec, work, artifact, log), layer)
+        _umoci("insert", "--image", f"{layout}:{BUILD_TAG}", str(layer), "/")
+        for tag, config in family["tags"].items():
+            _umoci("config", "--image", f"{layout}:{BUILD_TAG}", f"--tag={tag}",
+                   f"--history.created_by=pilothouse images.py: {name}/{tag}", *_config_args(config))
+        _umoci("rm", "--image", f"{layout}:{BUILD_TAG}")
+        _umoci("gc", "--layout", str(layout))
+        index = json.loads((layout / "index.json").read_text())
+        digests = {m["annotations"]["org.opencontainers.image.ref.name"]: m["digest"] for m in index["manifests"]}
+        with tarfile.open(staging / ARCHIVE, "w") as tar:
+            for entry in sorted(layout.iterdir()):
+                tar.add(entry, arcname=entry.name)
+        tags = [{"tag": t, "digest": digests[t], "refs": c["refs"], "standin": c.get("standin")}
+                for t, c in family["tags"].items()]
+        for leftover in (layout, layer, work):
+            shutil.rmtree(leftover)
+        (staging / MANIFEST).write_text(json.dumps(
+            {"version": family["version"], "files": {ARCHIVE: sha256_file(staging / ARCHIVE)}, "tags": tags},
+            indent=2))
+        final = family_dir(name, key)
+        if final.exists():  # a leftover without a manifest from an interrupted run
+            shutil.rmtree(final)
+        os.rename(staging, final)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return load_family(name, key)
+
+
+def ensure_images(names: list[str] | None = None, spec: dict | None = None, log=print) -> list[ImageFamily]:
+    """Build (or find in the cache) every family, or just `names` and their bases.
+
+    Families made from a lock.yaml artifact (kubectl, coredns) are skipped with a note while that artifact
+    is not built yet, unless they are asked for by name.
+    """
+    spec = spec or load_spec()
+    ensure_host_packages("umoci", "dpkg-deb")
+    wanted = names or list(spec["families"])
+    for name in wanted:
+        if name not in spec["families"]:
+            raise ArtifactError(f"unknown image family {name!r}; images.yaml has {', '.join(spec['families'])}")
+    done: dict[str, tuple[str, ImageFamily]] = {}
+
+    def ensure(name: str) -> ImageFamily | None:
+        if name in done:
+            return done[name][1]
+        family = spec["families"][name]
+        base = ensure(family["base"]) if family.get("base") else None
+        artifact = None
+        if "artifact" in family:
+            artifact = find_artifact(family["artifact"]["name"], family["artifact"]["file"])
+            if artifact is None:
+                what = f"{family['artifact']['file']} ({family['artifact']['name']} in lock.yaml)"
+                if names:
+                    raise ArtifactError(f"image {name} needs {what}, which is not built yet: run `invoke artifacts` first")
+                log(f"  {name}: skipped until {what} is built (`invoke artifacts`)")
+                return None
+        key = family_key(name, spec, done[family["base"]][0] if base else None, artifact)
+        built = load_family(name, key)
+        if built is None:
+            started = time.monotonic()
+            log(f"  {name}: building {family['version']}")
+            built = build_family(name, spec, key, base, artifact, log)
+            log(f"  {name}: built in {time.monotonic() - started:.1f}s, {built.size / 1e6:.1f} MB")
+        done[name] = (key, built)
+        return built
+
+    return [f for f in (ensure(n) for n in wanted) if f is not None]
+
+
+def mirror_path(ref: str) -> tuple[str, str, str]:
+    """registry host, repository path and tag of a full ref, e.g. docker.io/library/nginx:latest."""
+    host, rest = ref.split("/", 1)
+    repo, tag = rest.rsplit(":", 1)
+    return host, repo, tag
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m infra.artifacts.images", description=__doc__.split("\n")[0])
+    parser.add_argument("families", nargs="*", help="families to build (default: all in images.yaml)")
+    parser.add_argument("--list", action="store_true", help="print name, tag, digest, size and archive of each image")
+    args = parser.parse_args(argv)
+    try:
+        started = time.monotonic()
+        families = ensure_images(args.families or None, log=lambda m: print(m, flush=True))
+        elapsed = time.monotonic() - started
+    except ArtifactError as e:
+        print(f"error: {e}")
+        return 1
+    if args.list:
+        for f in families:
+            for t in f.tags:
+                print(f"{f.name:14} {t.tag:18} {t.digest[:19]}  {f.size / 1e6:6.1f} MB  {f.archive}")
+                for ref in t.refs:
+                    print(f"{'':14}   -> {ref}")
+    total = sum(f.size for f in families)
+    print(f"{len(families)} image archives, {sum(len(f.tags) for f in families)} tags, "
+          f"{total / 1e6:.1f} MB, ready in {elapsed:.1f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

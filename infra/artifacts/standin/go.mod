@@ -1,0 +1,3 @@
+module pilothouse.local/standin
+
+go 1.24
