@@ -186,23 +186,24 @@ class ClusterSpec:
         addresses = addresses or {}
         hosts = {}
         for m in self.machines:
-            host = {"ansible_host": addresses.get(m.name, m.address), "node_address": m.address}
+            host = {"ansible_host": addresses.get(m.name, m.address), "pilothouse_node_address": m.address}
             if m.pod_subnet:
-                host["node_pod_subnet"] = m.pod_subnet
+                host["pilothouse_pod_subnet"] = m.pod_subnet
             hosts[m.name] = host
+        # Named as the roles' interface (roles/README.md): every variable carries the project prefix.
         cluster_vars = {
-            "cluster_name": self.name,
-            "cluster_kubernetes_version": self.kubernetes_version,
-            "cluster_machine_cidr": str(self.machine_cidr),
-            "cluster_pod_cidr": str(self.pod_cidr),
-            "cluster_service_cidr": str(self.service_cidr),
-            "cluster_service_ip": self.first_service_ip,
-            "cluster_dns_ip": self.cluster_dns,
-            "cluster_pod_network": self.pod_network,
-            "cluster_api_address": self.api_address,
-            "cluster_api_port": API_PORT,
-            "cluster_vip": self.vip or "",
-            "cluster_etcd_stacked": self.stacked_etcd,
+            "pilothouse_cluster_name": self.name,
+            "pilothouse_kubernetes_version": self.kubernetes_version,
+            "pilothouse_machine_cidr": str(self.machine_cidr),
+            "pilothouse_pod_cidr": str(self.pod_cidr),
+            "pilothouse_service_cidr": str(self.service_cidr),
+            "pilothouse_service_ip": self.first_service_ip,
+            "pilothouse_cluster_dns": self.cluster_dns,
+            "pilothouse_pod_network": self.pod_network,
+            "pilothouse_api_endpoint": self.api_address,
+            "pilothouse_api_port": API_PORT,
+            "pilothouse_api_vip": self.vip or "",
+            "pilothouse_etcd_stacked": self.stacked_etcd,
         }
         if ssh_user:
             cluster_vars["ansible_user"] = ssh_user

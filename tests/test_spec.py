@@ -120,15 +120,15 @@ def test_inventory_hosts_carry_their_addresses_and_connect_address_overrides():
     inv = from_config({}).inventory({"pilothouse-worker-1": "203.0.113.9"}, ssh_user="admin")["all"]
     assert inv["hosts"]["pilothouse-master-1"] == {
         "ansible_host": "10.77.0.20",
-        "node_address": "10.77.0.20",
-        "node_pod_subnet": "10.244.0.0/24",
+        "pilothouse_node_address": "10.77.0.20",
+        "pilothouse_pod_subnet": "10.244.0.0/24",
     }
     assert inv["hosts"]["pilothouse-worker-1"]["ansible_host"] == "203.0.113.9"
-    assert inv["hosts"]["pilothouse-worker-1"]["node_address"] == "10.77.0.40"
+    assert inv["hosts"]["pilothouse-worker-1"]["pilothouse_node_address"] == "10.77.0.40"
     assert inv["vars"]["ansible_user"] == "admin"
-    assert inv["vars"]["cluster_dns_ip"] == "10.96.0.10"
-    assert inv["vars"]["cluster_service_ip"] == "10.96.0.1"
-    assert inv["vars"]["cluster_api_address"] == "10.77.0.10"
+    assert inv["vars"]["pilothouse_cluster_dns"] == "10.96.0.10"
+    assert inv["vars"]["pilothouse_service_ip"] == "10.96.0.1"
+    assert inv["vars"]["pilothouse_api_endpoint"] == "10.77.0.10"
 
 
 def test_inventory_with_external_etcd_lists_etcd_machines_only():

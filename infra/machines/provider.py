@@ -1,0 +1,144 @@
+"""Pulumi dynamic providers for the local backend: `LocalMachine` and `SshKey`.
+
+Dynamic providers run in Pulumi's Python provider host, so no plugin binary is needed. The provider process
+imports this module by name: run Pulumi from the repository root (where `infra` is importable).
+"""
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from typing import Any
+
+import pulumi
+from pulumi.runtime.rpc import UNKNOWN
+from pulumi.dynamic import (CheckFailure, CheckResult, CreateResult, DiffResult, ReadResult, Resource,
+                            ResourceProvider, UpdateResult)
+
+from infra.machines import keys, local
+from infra.machines.errors import MachineSpecError
+
+# Any change to these means a different machine: it is destroyed, then created anew.
+REPLACE_ON = ("name", "address", "cidr", "bridge", "ssh_public_key")
+
+
+def spec_from_props(props: dict[str, Any]) -> local.MachineSpec:
+    try:
+        network = ipaddress.IPv4Network(props["cidr"])
+    except (KeyError, ValueError) as e:
+        raise MachineSpecError(f"cidr must be an IPv4 network such as 10.250.0.0/24, got "
+                               f"{props.get('cidr')!r}") from e
+    if ipaddress.IPv4Address(props["address"]) not in network:
+        raise MachineSpecError(f"machine {props['name']}: address {props['address']} is outside {network}; "
+                               "pick an address inside the machine CIDR")
+    return local.MachineSpec(props["name"], props["address"], network.prefixlen, props["bridge"],
+                             props["ssh_public_key"])
+
+
+def _outputs(props: dict[str, Any], state: local.MachineState) -> dict[str, Any]:
+    # The private key is an input only: it is never copied into outputs, so it cannot leak through them.
+    return {**{k: props[k] for k in REPLACE_ON}, "hostname": state.hostname, "ssh_host_key": state.ssh_host_key}
+
+
+class LocalMachineProvider(ResourceProvider):
+    """Creates, reads and deletes one systemd-nspawn machine through infra.machines.local."""
+
+    def check(self, _olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
+        missing = [k for k in (*REPLACE_ON, "ssh_private_key") if not news.get(k)]
+        if missing:
+            return CheckResult(news, [CheckFailure(k, f"{k} is required") for k in missing])
+        if any(news[k] == UNKNOWN for k in REPLACE_ON):
+            return CheckResult(news, [])  # computed later (during preview); checked again at create
+        try:
+            spec_from_props(news)
+        except (MachineSpecError, ValueError) as e:
+            return CheckResult(news, [CheckFailure("address", str(e))])
+        return CheckResult(news, [])
+
+    def create(self, props: dict[str, Any]) -> CreateResult:
+        state = local.create(spec_from_props(props), props["ssh_private_key"])
+        return CreateResult(id_=state.name, outs=_outputs(props, state))
+
+    def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
+        state = local.get(id_)
+        if state is None or state.status != "running":
+            # A blank id tells Pulumi the resource is gone, so `pulumi refresh` drops a dead machine.
+            return ReadResult(id_="", outs={})
+        return ReadResult(id_=id_, outs=_outputs({**props, **_spec_props(state.spec)}, state))
+
+    def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
+        # `olds` are the stored outputs, which never hold the private key; a new key pair always changes
+        # ssh_public_key too, so comparing the identity fields is enough.
+        replaces = [k for k in REPLACE_ON if olds.get(k) != news.get(k)]
+        # Same name, new machine: the old one must go first (names, addresses and state dirs are unique).
+        return DiffResult(changes=bool(replaces), replaces=replaces,
+                          stables=[] if replaces else list(REPLACE_ON), delete_before_replace=True)
+
+    def update(self, _id: str, _olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
+        # Reached only if the engine asks for an in-place update: make sure the machine is up and reachable.
+        state = local.create(spec_from_props(news), news["ssh_private_key"])
+        return UpdateResult(outs=_outputs(news, state))
+
+    def delete(self, id_: str, _props: dict[str, Any]) -> None:
+        local.destroy(id_)
+
+
+def _spec_props(spec: local.MachineSpec) -> dict[str, Any]:
+    network = spec.network
+    return {"name": spec.name, "address": spec.address, "cidr": str(network), "bridge": spec.bridge,
+            "ssh_public_key": spec.ssh_public_key}
+
+
+@dataclass(frozen=True)
+class LocalMachineArgs:
+    name: pulumi.Input[str]  # hostname and machine name
+    address: pulumi.Input[str]  # e.g. 10.250.0.11
+    cidr: pulumi.Input[str]  # the machine network, e.g. 10.250.0.0/24; the host bridge takes its .1
+    bridge: pulumi.Input[str]  # host bridge name, e.g. ph0
+    ssh_public_key: pulumi.Input[str]
+    ssh_private_key: pulumi.Input[str]  # used only to check that root can log in; pass a secret
+
+
+class LocalMachine(Resource):
+    """A Debian machine booted with systemd-nspawn on this host, SSH-ready when created."""
+
+    address: pulumi.Output[str]
+    hostname: pulumi.Output[str]
+    ssh_host_key: pulumi.Output[str]
+
+    def __init__(self, resource_name: str, args: LocalMachineArgs,
+                 opts: pulumi.ResourceOptions | None = None) -> None:
+        props = {"name": args.name, "address": args.address, "cidr": args.cidr, "bridge": args.bridge,
+                 "ssh_public_key": args.ssh_public_key, "ssh_private_key": pulumi.Output.secret(args.ssh_private_key),
+                 "hostname": None, "ssh_host_key": None}
+        super().__init__(LocalMachineProvider(), resource_name, props, opts)
+
+
+class SshKeyProvider(ResourceProvider):
+    """Generates an ed25519 key pair once; it is kept in the (encrypted) state, never regenerated."""
+
+    def create(self, props: dict[str, Any]) -> CreateResult:
+        pair = keys.generate_ed25519(props.get("comment") or "pilothouse")
+        return CreateResult(id_=pair.public_key.split()[1][-16:],
+                            outs={"comment": props.get("comment"), "public_key": pair.public_key,
+                                  "private_key": pair.private_key})
+
+    def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
+        changed = olds.get("comment") != news.get("comment")
+        return DiffResult(changes=changed, replaces=["comment"] if changed else [])
+
+    def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
+        return ReadResult(id_=id_, outs=props)
+
+
+class SshKey(Resource):
+    """An ed25519 SSH key pair; `private_key` is a Pulumi secret."""
+
+    public_key: pulumi.Output[str]
+    private_key: pulumi.Output[str]
+
+    def __init__(self, resource_name: str, comment: str = "pilothouse",
+                 opts: pulumi.ResourceOptions | None = None) -> None:
+        secret = pulumi.ResourceOptions(additional_secret_outputs=["private_key"])
+        super().__init__(SshKeyProvider(), resource_name,
+                         {"comment": comment, "public_key": None, "private_key": None},
+                         pulumi.ResourceOptions.merge(opts, secret))
