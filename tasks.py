@@ -4,6 +4,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 from invoke import Collection, Exit, task
 
@@ -46,6 +47,69 @@ def artifacts(c, list=False, export=None):  # noqa: A002 - `--list` is the flag 
         raise Exit("building the artifacts failed; the message above says what to fix", code=1)
 
 
+def _stack(name: str):
+    from infra import program, stack  # imported late: `invoke deps` must work before the venv is complete
+
+    return stack.select_stack(name, program.main, stack.REPO / ".pulumi")
+
+
+def _stream(line: str) -> None:
+    print(line, flush=True)
+
+
+@task(help={"stack": "Pulumi stack (its config is Pulumi.<stack>.yaml)", "refresh": "refresh state first"})
+def up(c, stack="dev", refresh=False):
+    """Bring up the cluster described by the stack config (machines, registry, playbook): `pulumi up`."""
+    deps(c, quiet=True)
+    st = _stack(stack)
+    if refresh:
+        st.refresh(on_output=_stream)
+    result = st.up(on_output=_stream)
+    print(f"\nadmin kubeconfig: {result.outputs['admin_kubeconfig'].value}")
+
+
+@task(help={"stack": "Pulumi stack to check"})
+def preview(c, stack="dev"):
+    """Show what `up` would change, touching nothing."""
+    _stack(stack).preview(on_output=_stream)
+
+
+@task(help={"stack": "Pulumi stack to destroy", "dry_run": "only say what would be destroyed"})
+def down(c, stack="dev", dry_run=False):
+    """Destroy every machine and the registry of the stack: `pulumi destroy`."""
+    st = _stack(stack)
+    if dry_run:
+        resources = [r for r in st.export_stack().deployment.get("resources", []) if "LocalMachine" in r["type"]]
+        print("would destroy: " + ", ".join(r["id"] for r in resources))
+        return
+    st.destroy(on_output=_stream)
+
+
+@task
+def machines(c):
+    """List the local machines on this host: name, state, address."""
+    from infra.machines import local
+
+    for m in local.list_machines():
+        print(f"{m.name:<28} {m.status:<8} {m.address}")
+
+
+@task(help={"name": "machine name (see `invoke machines`)", "stack": "Pulumi stack that owns it"})
+def ssh(c, name, stack="dev"):
+    """Open a root shell on one machine, with the stack's SSH key."""
+    from infra.machines import local
+
+    state = local.get(name)
+    if state is None:
+        raise Exit(f"no machine named {name}; `invoke machines` lists them")
+    outputs = _stack(stack).outputs()
+    keyfile = Path(outputs["admin_kubeconfig"].value).parent / "ssh_key"
+    keyfile.write_text(outputs["ssh_private_key"].value)
+    keyfile.chmod(0o600)
+    c.run(f"ssh -i {keyfile} -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null root@{state.address}",
+          pty=True)
+
+
 @task(help={"k": "only run tests matching this pytest -k expression",
             "fast": "only the unit tests (no artifacts, no machines)"})
 def test(c, k=None, fast=False):
@@ -61,4 +125,4 @@ def test(c, k=None, fast=False):
         raise Exit(code=code)
 
 
-ns = Collection(deps, artifacts, test)
+ns = Collection(deps, artifacts, up, preview, down, machines, ssh, test)

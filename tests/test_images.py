@@ -19,7 +19,8 @@ import pytest
 
 from infra.artifacts import images, registry
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="runc and image unpacking need root")
+pytestmark = [pytest.mark.artifacts,
+              pytest.mark.skipif(os.geteuid() != 0, reason="runc and image unpacking need root")]
 
 # The capabilities containerd gives a pod container by default, so images run here as they would there.
 POD_CAPS = ["CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD", "CAP_NET_RAW",

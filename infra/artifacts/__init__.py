@@ -29,9 +29,13 @@ def _key(name: str, spec: dict, source: str) -> str:
 
 def verify_version(entry_dir: Path, spec: dict) -> None:
     """Every binary must report the pinned version; a v0.0.0 means the version stamps were lost."""
-    wanted = spec["version"].lstrip("v")
+    wanted = spec.get("release", spec["version"]).lstrip("v")
     for binary in spec["binaries"]:
         args = spec.get("version_commands", {}).get(binary, spec["version_command"])
+        if args is None:
+            if wanted.encode() not in (entry_dir / binary).read_bytes():
+                raise ArtifactError(f"{binary} does not carry the pinned release {wanted}")
+            continue
         proc = subprocess.run([str(entry_dir / binary), *args],
                               capture_output=True, text=True, timeout=60)
         said = proc.stdout + proc.stderr

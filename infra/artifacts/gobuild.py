@@ -6,6 +6,7 @@ module built as the main module, so the wrapper restates them with published ver
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -25,24 +26,30 @@ def _run(cmd: list[str], cwd: Path, env: dict[str, str], what: str) -> None:
         raise ArtifactError(f"{what} failed ({' '.join(cmd[:3])} ...):\n{tail}")
 
 
-def go_env() -> dict[str, str]:
+def go_env(spec: dict) -> dict[str, str]:
     if shutil.which("go") is None:
         raise ArtifactError("no Go toolchain on PATH: install Go >= 1.24 (e.g. `apt-get install golang`), "
                             "or set `source: download` in infra/artifacts/lock.yaml on a machine with internet.")
     env = dict(os.environ, CGO_ENABLED="0", GOFLAGS="-mod=mod -buildvcs=false", GOTOOLCHAIN="local")
+    if spec.get("nosumdb"):
+        env["GONOSUMDB"] = ",".join(spec["nosumdb"])
     return env
 
 
 def ldflags(spec: dict) -> str:
     """Strip debug info and set the version variables the lock names (`stamps`), so each binary
     reports its real version instead of v0.0.0 or "dev"."""
-    version = spec["version"]
-    major, minor = version.lstrip("v").split(".")[:2]
     flags = ["-s", "-w"]
     for pkg, stamps in spec.get("stamps", {}).items():
         for var, value in stamps.items():
-            flags.append(f"-X {pkg}.{var}={value.format(version=version, major=major, minor=minor)}")
+            flags.append(f"-X {pkg}.{var}={expand(value, spec)}")
     return " ".join(flags)
+
+
+def expand(template: str, spec: dict) -> str:
+    version = spec["version"]
+    major, minor = version.lstrip("v").split(".")[:2]
+    return template.format(version=version, major=major, minor=minor, release=spec.get("release", version))
 
 
 def write_wrapper(workdir: Path, name: str, spec: dict) -> None:
@@ -60,29 +67,62 @@ def write_wrapper(workdir: Path, name: str, spec: dict) -> None:
         lines += [f"\t{old} => {new}" for old, new in replaces.items()]
         lines.append(")")
     (workdir / "go.mod").write_text("\n".join(lines) + "\n")
-    # A blank import of each main package keeps `go mod tidy` from dropping what we build.
-    imports = "\n".join(f'\t_ "{_package(spec, p)}"' for p in spec["binaries"].values())
+    # A blank import of each main package keeps `go mod tidy` (which reads every build tag) from dropping
+    # what we build; the `tools` tag keeps the file itself out of every build.
+    imports = "\n".join(f'\t_ "{_package(spec, p)}"' for p in spec["binaries"].values()
+                        if not p.startswith("./"))
     (workdir / "tools.go").write_text(f"//go:build tools\n\npackage tools\n\nimport (\n{imports}\n)\n")
 
 
 def _package(spec: dict, path: str) -> str:
+    """`./x` is a package of the wrapper itself, `host/...` a full import path, else a path in the module."""
     return path if "." in path.split("/")[0] else f"{spec['module']}/{path}"
 
 
+def _module_dir(module: str, version: str, work: Path, env: dict[str, str]) -> Path:
+    proc = subprocess.run(["go", "mod", "download", "-json", f"{module}@{version}"], cwd=work,
+                          env=env, capture_output=True, text=True)
+    info = json.loads(proc.stdout or "{}")
+    if "Dir" not in info:
+        raise ArtifactError(f"{module}@{version} cannot be fetched: {info.get('Error', proc.stderr.strip())}. "
+                            "Fix the version in infra/artifacts/lock.yaml.")
+    return Path(info["Dir"])
+
+
+def _copy_local_package(spec: dict, work: Path, env: dict[str, str]) -> None:
+    """Copy a main package into the wrapper so `go generate` can write the files it embeds."""
+    source = _module_dir(spec["module"], spec["version"], work, env) / spec["local_package"]
+    target = work / spec["local_package"]
+    target.mkdir(parents=True)
+    for item in source.iterdir():
+        if item.is_file():
+            shutil.copyfile(item, target / item.name)
+
+
 def build(name: str, spec: dict, out: Path, log=print) -> None:
-    env = go_env()
+    env = go_env(spec)
     work = out.parent / (out.name + ".src")
     work.mkdir()
     try:
         write_wrapper(work, name, spec)
+        if "local_package" in spec:
+            _copy_local_package(spec, work, env)
         started = time.monotonic()
         _run(["go", "mod", "tidy", "-e"], work, env, f"{name} {spec['version']}: resolving modules")
         # A full `go mod tidy` may still leave the requested version missing; check it explicitly.
         _run(["go", "list", "-m", spec["module"]], work, env, f"{name} {spec['version']}")
+        if "local_package" in spec:
+            gen_env = dict(env, **{k: expand(v, spec) for k, v in spec.get("generate_env", {}).items()})
+            _run(["go", "generate", f"./{spec['local_package']}"], work, gen_env, f"{name}: go generate")
         flags = ldflags(spec)
         for binary, path in spec["binaries"].items():
             log(f"  {name}: compiling {binary} ({time.monotonic() - started:.0f}s)")
-            _run(["go", "build", "-tags", "tools", "-trimpath", "-ldflags", flags,
+            _run(["go", "build", "-trimpath", "-ldflags", flags,
                   "-o", str(out / binary), _package(spec, path)], work, env, f"building {binary}")
+        for module, files in spec.get("module_files", {}).items():
+            source = _module_dir(module, spec["version"], work, env)
+            for name, rel in files.items():
+                shutil.copyfile(source / rel, out / name)
+                (out / name).chmod(0o755)
     finally:
         shutil.rmtree(work, ignore_errors=True)

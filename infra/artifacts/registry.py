@@ -77,7 +77,7 @@ def _alive_registry(pidfile: Path) -> int | None:
     return pid
 
 
-def _api_ok(addr: str, timeout: float = 1.0) -> bool:
+def answers(addr: str, timeout: float = 1.0) -> bool:
     host, port = addr.rsplit(":", 1)
     conn = http.client.HTTPConnection(host.strip("[]"), int(port), timeout=timeout)
     try:
@@ -133,7 +133,7 @@ def start(listen: list[str], storage_dir: Path | None = None, timeout: float = 1
     for addr in listen:
         pidfile = run_dir / f"{_slug(addr)}.pid"
         pid = _alive_registry(pidfile)
-        if pid and _api_ok(addr):
+        if pid and answers(addr):
             handle.pids[addr] = pid
             continue
         if pid:  # running but not answering: start afresh
@@ -150,7 +150,7 @@ def start(listen: list[str], storage_dir: Path | None = None, timeout: float = 1
         pidfile.write_text(str(proc.pid))
         handle.pids[addr] = proc.pid
         deadline = time.monotonic() + timeout
-        while not _api_ok(addr):
+        while not answers(addr):
             if proc.poll() is not None or time.monotonic() > deadline:
                 handle.stop()
                 tail = (run_dir / f"{_slug(addr)}.log").read_text(errors="replace")[-1200:]
@@ -183,9 +183,12 @@ def _wait_gone(pid: int, timeout: float) -> bool:
     return False
 
 
-def stop(storage_dir: Path | None = None) -> None:
-    """Stop every registry daemon serving `storage_dir` (default: the cache's registry)."""
+def stop(storage_dir: Path | None = None, listen: str | None = None) -> None:
+    """Stop the registry daemon on `listen`, or every one serving `storage_dir` (default: the cache's)."""
     home = Path(storage_dir) if storage_dir else default_home()
+    if listen:
+        _stop_one(home, listen)
+        return
     for pidfile in sorted(_run_dir(home).glob("*.pid")):
         config = pidfile.with_suffix(".yml")
         addr = yaml.safe_load(config.read_text())["http"]["addr"] if config.exists() else pidfile.stem

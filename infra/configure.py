@@ -1,0 +1,96 @@
+"""The Ansible playbook as a Pulumi resource.
+
+Its inputs are the inventory, the variables and a digest of everything under roles/, so `pulumi up` re-runs
+the playbook exactly when one of them changed, and a no-op `pulumi up` costs no Ansible run at all.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import ansible_runner
+import pulumi
+from pulumi import dynamic
+
+ROLES = Path(__file__).resolve().parent.parent / "roles"
+
+
+class PlaybookError(RuntimeError):
+    """The playbook failed; the message names the failed hosts and the log holding the details."""
+
+
+def roles_digest(root: Path = ROLES) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
+        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class RunResult:
+    changed: int
+    failed_hosts: list[str]
+    seconds: float
+    log: Path
+
+
+def run_playbook(inventory: dict, extravars: dict, ssh_private_key: str, log_dir: Path,
+                 quiet: bool = True) -> RunResult:
+    """Run roles/site.yml against the inventory; raise PlaybookError naming the failed hosts."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="pilothouse-ansible-") as private:
+        env = {"ANSIBLE_CONFIG": str(ROLES / "ansible.cfg"), "ANSIBLE_ROLES_PATH": str(ROLES)}
+        result = ansible_runner.run(
+            private_data_dir=private, playbook=str(ROLES / "site.yml"), inventory=inventory,
+            extravars=extravars, ssh_key=ssh_private_key, envvars=env, quiet=quiet,
+            project_dir=str(ROLES), artifact_dir=str(log_dir / "runs"), rotate_artifacts=5,
+        )
+        stdout = result.stdout.read()
+    log = log_dir / "ansible.log"
+    log.write_text(stdout)
+    stats = result.stats or {}
+    failed = sorted(set(stats.get("failures", {})) | set(stats.get("dark", {})))
+    if result.rc != 0 or failed:
+        raise PlaybookError(f"the playbook failed on {', '.join(failed) or 'the controller'} "
+                            f"(exit {result.rc}); see {log}")
+    return RunResult(sum(stats.get("changed", {}).values()), failed, time.monotonic() - started, log)
+
+
+class _PlaybookProvider(dynamic.ResourceProvider):
+    def _run(self, props: dict) -> dict:
+        result = run_playbook(json.loads(props["inventory"]), json.loads(props["extravars"]),
+                              props["ssh_private_key"], Path(props["log_dir"]))
+        return {**props, "changed": result.changed, "log": str(result.log)}
+
+    def create(self, props):
+        return dynamic.CreateResult(id_=props["log_dir"], outs=self._run(props))
+
+    def diff(self, id_, olds, news):
+        keys = ("inventory", "extravars", "roles_digest", "ssh_private_key")
+        changed = [k for k in keys if olds.get(k) != news.get(k)]
+        return dynamic.DiffResult(changes=bool(changed), replaces=[], delete_before_replace=False)
+
+    def update(self, id_, olds, news):
+        return dynamic.UpdateResult(outs=self._run(news))
+
+    def delete(self, id_, props):
+        # Nothing to undo on the machines: they are destroyed with the stack.
+        pass
+
+
+class Playbook(dynamic.Resource):
+    changed: pulumi.Output[int]
+    log: pulumi.Output[str]
+
+    def __init__(self, name: str, inventory: pulumi.Input[str], extravars: pulumi.Input[str],
+                 ssh_private_key: pulumi.Input[str], log_dir: str, opts: pulumi.ResourceOptions | None = None):
+        super().__init__(_PlaybookProvider(), name, {
+            "inventory": inventory, "extravars": extravars, "ssh_private_key": ssh_private_key,
+            "log_dir": log_dir, "roles_digest": roles_digest(), "changed": None, "log": None,
+        }, opts)
+

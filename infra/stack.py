@@ -1,0 +1,66 @@
+"""Drive the real Pulumi CLI offline through the Automation API.
+
+The Python language host (`pulumi-language-python`) cannot be built here: the Go module proxy this
+machine reaches does not serve its module. Automation API *inline* programs need no language host: the
+Python process serves the program to the CLI itself. Everything else is the stock CLI with a file backend,
+and Python dynamic providers run through the SDK's `pulumi-resource-pulumi-python` script.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Callable
+
+from pulumi import automation as auto
+
+from infra import artifacts
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def pulumi_env(state_dir: Path) -> dict[str, str]:
+    """Environment for an offline CLI: file backend, no update check, no plugin downloads."""
+    tools = artifacts.ensure_go("pulumi").path
+    state_dir.mkdir(parents=True, exist_ok=True)
+    env = {
+        "PATH": f"{tools}{os.pathsep}{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "PULUMI_HOME": str(state_dir / "home"),
+        "PULUMI_BACKEND_URL": f"file://{state_dir}",
+        "PULUMI_SKIP_UPDATE_CHECK": "true",
+        "PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION": "true",
+        # The state holds the machines' SSH keys as secrets; a local passphrase is what a file backend needs.
+        "PULUMI_CONFIG_PASSPHRASE": os.environ.get("PULUMI_CONFIG_PASSPHRASE", "pilothouse-local"),
+        # Dynamic providers run in this venv's Python.
+        "PULUMI_PYTHON_CMD": sys.executable,
+    }
+    install_kubernetes_plugin(env)
+    return env
+
+
+def install_kubernetes_plugin(env: dict[str, str]) -> None:
+    """Put the built pulumi-kubernetes provider where the CLI looks, since it may not download it."""
+    lock = artifacts.load_lock()
+    release = lock["go"]["pulumi-kubernetes"]["release"]
+    if (Path(env["PULUMI_HOME"]) / "plugins" / f"resource-kubernetes-v{release}").is_dir():
+        return
+    provider = artifacts.ensure_go("pulumi-kubernetes", lock).file("pulumi-resource-kubernetes")
+    subprocess.run(["pulumi", "plugin", "install", "resource", "kubernetes", release, "--file", str(provider)],
+                   env=dict(os.environ, **env), check=True, capture_output=True)
+
+
+def select_stack(stack: str, program: Callable[[], None], state_dir: Path,
+                 work_dir: Path = REPO, config: dict[str, str] | None = None) -> auto.Stack:
+    env = pulumi_env(state_dir)
+    # The CLI is found on PATH (the artifact directory comes first), and the dynamic providers it spawns
+    # inherit this environment.
+    os.environ.update(env)
+    command = auto.PulumiCommand()
+    workspace = auto.LocalWorkspaceOptions(work_dir=str(work_dir), env_vars=env, pulumi_command=command,
+                                           pulumi_home=env["PULUMI_HOME"])
+    stack_obj = auto.create_or_select_stack(stack_name=stack, project_name="pilothouse", program=program,
+                                            opts=workspace)
+    for key, value in (config or {}).items():
+        stack_obj.set_config(key, auto.ConfigValue(value=value))
+    return stack_obj
