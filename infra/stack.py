@@ -32,8 +32,9 @@ def pulumi_env(state_dir: Path) -> dict[str, str]:
         "PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION": "true",
         # The state holds the machines' SSH keys as secrets; a local passphrase is what a file backend needs.
         "PULUMI_CONFIG_PASSPHRASE": os.environ.get("PULUMI_CONFIG_PASSPHRASE", "pilothouse-local"),
-        # Dynamic providers run in this venv's Python.
+        # Dynamic providers run in this venv's Python, and unpickle classes from `infra` by module name.
         "PULUMI_PYTHON_CMD": sys.executable,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
     }
     install_kubernetes_plugin(env)
     return env

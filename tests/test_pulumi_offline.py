@@ -28,7 +28,9 @@ class _File(dynamic.Resource):
         super().__init__(_FileProvider(), name, {"path": path, "text": text})
 
 
-def test_up_again_and_destroy_with_a_dynamic_provider(tmp_path):
+def test_up_again_and_destroy_with_a_dynamic_provider(tmp_path, monkeypatch):
+    # The provider process unpickles _FileProvider by module name: let it import this file.
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parent))
     target = tmp_path / "made-by-pulumi.txt"
 
     def program():

@@ -89,10 +89,8 @@ def _module_dir(module: str, version: str, work: Path, env: dict[str, str]) -> P
     return Path(info["Dir"])
 
 
-def _copy_local_package(spec: dict, work: Path, env: dict[str, str]) -> None:
+def _copy_local_package(source: Path, target: Path) -> None:
     """Copy a main package into the wrapper so `go generate` can write the files it embeds."""
-    source = _module_dir(spec["module"], spec["version"], work, env) / spec["local_package"]
-    target = work / spec["local_package"]
     target.mkdir(parents=True)
     for item in source.iterdir():
         if item.is_file():
@@ -105,12 +103,12 @@ def build(name: str, spec: dict, out: Path, log=print) -> None:
     work.mkdir()
     try:
         write_wrapper(work, name, spec)
+        # Fetch the pinned module first: an unknown version fails here with a message naming the pin.
+        module_dir = _module_dir(spec["module"], spec["version"], work, env)
         if "local_package" in spec:
-            _copy_local_package(spec, work, env)
+            _copy_local_package(module_dir / spec["local_package"], work / spec["local_package"])
         started = time.monotonic()
         _run(["go", "mod", "tidy", "-e"], work, env, f"{name} {spec['version']}: resolving modules")
-        # A full `go mod tidy` may still leave the requested version missing; check it explicitly.
-        _run(["go", "list", "-m", spec["module"]], work, env, f"{name} {spec['version']}")
         if "local_package" in spec:
             gen_env = dict(env, **{k: expand(v, spec) for k, v in spec.get("generate_env", {}).items()})
             _run(["go", "generate", f"./{spec['local_package']}"], work, gen_env, f"{name}: go generate")

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import yaml
 
+from . import ensure_go
 from .store import ArtifactError, cache_root, recipe_key, sha256_file
 
 SPEC = Path(__file__).with_name("images.yaml")
@@ -374,22 +375,6 @@ class ImageFamily:
         return self.archive.stat().st_size
 
 
-def find_artifact(name: str, file: str) -> Path | None:
-    """The newest cached build of a lock.yaml artifact that contains `file`, or None if not built yet."""
-    lock = yaml.safe_load(Path(__file__).with_name("lock.yaml").read_text())
-    version = lock["go"][name]["version"]
-    best = None
-    for manifest in (cache_root() / "artifacts" / name).glob("*/MANIFEST.json"):
-        try:
-            meta = json.loads(manifest.read_text())
-        except (OSError, ValueError):
-            continue
-        if meta.get("version") == version and file in meta.get("files", {}):
-            if best is None or manifest.stat().st_mtime > best.stat().st_mtime:
-                best = manifest
-    return best.parent / file if best else None
-
-
 def _source_digest() -> str:
     h = hashlib.sha256(inspect.getsource(inspect.getmodule(_source_digest)).encode())
     for path in sorted(STANDIN_SRC.iterdir()):
@@ -502,20 +487,15 @@ def ensure_images(names: list[str] | None = None, spec: dict | None = None, log=
             raise ArtifactError(f"unknown image family {name!r}; images.yaml has {', '.join(spec['families'])}")
     done: dict[str, tuple[str, ImageFamily]] = {}
 
-    def ensure(name: str) -> ImageFamily | None:
+    def ensure(name: str) -> ImageFamily:
         if name in done:
             return done[name][1]
         family = spec["families"][name]
         base = ensure(family["base"]) if family.get("base") else None
         artifact = None
         if "artifact" in family:
-            artifact = find_artifact(family["artifact"]["name"], family["artifact"]["file"])
-            if artifact is None:
-                what = f"{family['artifact']['file']} ({family['artifact']['name']} in lock.yaml)"
-                if names:
-                    raise ArtifactError(f"image {name} needs {what}, which is not built yet: run `invoke artifacts` first")
-                log(f"  {name}: skipped until {what} is built (`invoke artifacts`)")
-                return None
+            # Built (or taken from the cache) like any other artifact, so the image always wraps the pin.
+            artifact = ensure_go(family["artifact"]["name"], log=log).file(family["artifact"]["file"])
         key = family_key(name, spec, done[family["base"]][0] if base else None, artifact)
         built = load_family(name, key)
         if built is None:
@@ -526,7 +506,7 @@ def ensure_images(names: list[str] | None = None, spec: dict | None = None, log=
         done[name] = (key, built)
         return built
 
-    return [f for f in (ensure(n) for n in wanted) if f is not None]
+    return [ensure(n) for n in wanted]
 
 
 def mirror_path(ref: str) -> tuple[str, str, str]:
