@@ -64,6 +64,28 @@ class ClusterArgs:
     spec: spec_mod.ClusterSpec
 
 
+class LocalMachines(pulumi.ComponentResource):
+    """Every machine of the spec as a systemd-nspawn machine on this host, sharing one SSH key."""
+
+    machines: list[local_provider.LocalMachine]
+    ssh_private_key: pulumi.Output[str]
+
+    def __init__(self, name: str, args: ClusterArgs, opts: ResourceOptions | None = None):
+        super().__init__("pilothouse:machines:LocalMachines", name, None, opts)
+        spec = args.spec
+        child = ResourceOptions(parent=self)
+        key = local_provider.SshKey(f"{name}-ssh", comment=f"pilothouse-{spec.name}", opts=child)
+        self.machines = [
+            local_provider.LocalMachine(f"{name}-{m.name}", local_provider.LocalMachineArgs(
+                name=m.name, address=m.address, cidr=str(spec.machine_cidr), bridge=bridge_name(spec),
+                ssh_public_key=key.public_key, ssh_private_key=key.private_key), opts=child)
+            for m in spec.machines
+        ]
+        self.ssh_private_key = key.private_key
+        self.register_outputs({"addresses": [m.address for m in self.machines],
+                               "ssh_private_key": self.ssh_private_key})
+
+
 class Cluster(pulumi.ComponentResource):
     """Machines + registry + the configured Kubernetes cluster, for the local backend."""
 
@@ -74,14 +96,8 @@ class Cluster(pulumi.ComponentResource):
     def __init__(self, name: str, args: ClusterArgs, opts: ResourceOptions | None = None):
         super().__init__("pilothouse:cluster:Cluster", name, None, opts)
         spec = args.spec
-        child = ResourceOptions(parent=self)
-        key = local_provider.SshKey(f"{name}-ssh", comment=f"pilothouse-{spec.name}", opts=child)
-        machines = [
-            local_provider.LocalMachine(f"{name}-{m.name}", local_provider.LocalMachineArgs(
-                name=m.name, address=m.address, cidr=str(spec.machine_cidr), bridge=bridge_name(spec),
-                ssh_public_key=key.public_key, ssh_private_key=key.private_key), opts=child)
-            for m in spec.machines
-        ]
+        hosts = LocalMachines(f"{name}-machines", args, ResourceOptions(parent=self))
+        machines = hosts.machines
         mirror = LocalRegistry(f"{name}-registry", f"{spec.host_address}:{REGISTRY_PORT}",
                                opts=ResourceOptions(parent=self, depends_on=machines))
         workdir = cluster_dir(spec)
@@ -89,11 +105,11 @@ class Cluster(pulumi.ComponentResource):
         extravars = mirror.endpoint.apply(lambda endpoint: json.dumps(role_vars(spec, endpoint, workdir)))
         playbook = configure.Playbook(
             f"{name}-playbook", inventory=json.dumps(inventory), extravars=extravars,
-            ssh_private_key=key.private_key, log_dir=str(workdir / "logs"),
+            ssh_private_key=hosts.ssh_private_key, log_dir=str(workdir / "logs"),
             opts=ResourceOptions(parent=self, depends_on=[*machines, mirror]))
         self.admin_kubeconfig = playbook.changed.apply(lambda _: str(workdir / "admin.kubeconfig"))
         self.inventory = Output.from_input(json.dumps(inventory))
-        self.ssh_private_key = key.private_key
+        self.ssh_private_key = hosts.ssh_private_key
         self.register_outputs({"admin_kubeconfig": self.admin_kubeconfig, "inventory": self.inventory,
                                "ssh_private_key": self.ssh_private_key})
 
