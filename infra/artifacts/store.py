@@ -67,6 +67,10 @@ def commit(name: str, key: str, version: str, staging: Path) -> Entry:
     if final.exists():  # a stale, manifest-less leftover from an interrupted run
         shutil.rmtree(final)
     os.rename(staging, final)
+    # Older builds of this artifact (other pins or recipes) are dead weight: one Kubernetes set is ~600 MiB.
+    for old in final.parent.iterdir():
+        if old != final and not old.name.startswith(".tmp-"):
+            shutil.rmtree(old, ignore_errors=True)
     return Entry(name, version, final, files)
 
 
