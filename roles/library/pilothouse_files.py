@@ -1,0 +1,117 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+"""Ansible module: write many small files in one round trip, touching only those whose content or mode differ."""
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: pilothouse_files
+short_description: Keep many small files (certificates, configs, units) in the wanted state in one task
+description:
+  - One module run per host instead of one per file: a no-op run of the roles stays fast (a per-file
+    copy/template costs a round trip each, which dominated the run time).
+  - Each file is written atomically (temp file + rename) only when its content or mode differs; missing parent
+    directories are created with I(dir_mode). Content is text, or base64 with I(b64).
+options:
+  files:
+    description: "List of {path, content, mode (default 0644), b64 (default false)}."
+    type: list
+    elements: dict
+    required: true
+  directories:
+    description: "List of {path, mode}: directories to create (mode enforced)."
+    type: list
+    elements: dict
+    default: []
+  dir_mode:
+    description: Mode of parent directories this module creates.
+    type: str
+    default: "0755"
+author: pilothouse
+"""
+
+EXAMPLES = r"""
+- name: Etcd | Write the member's certificates and configuration
+  pilothouse_files:
+    directories: [{path: /etc/etcd/pki, mode: "0700"}]
+    files:
+      - {path: /etc/etcd/pki/ca.crt, content: "{{ lookup('file', pki_dir ~ '/etcd-ca.crt') }}"}
+"""
+
+RETURN = r"""
+changed_paths: {description: Files and directories created or changed., type: list, returned: always}
+"""
+
+import base64
+import os
+import stat
+
+from ansible.module_utils.basic import AnsibleModule
+
+
+def _mode(value, default):
+    return int(str(value or default), 8)
+
+
+def ensure_dir(path, mode, changed):
+    if not os.path.isdir(path):
+        os.makedirs(path, mode)
+        os.chmod(path, mode)
+        changed.append(path)
+    elif stat.S_IMODE(os.stat(path).st_mode) != mode:
+        os.chmod(path, mode)
+        changed.append(path)
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            files=dict(type="list", elements="dict", required=True),
+            directories=dict(type="list", elements="dict", default=[]),
+            dir_mode=dict(type="str", default="0755"),
+        ),
+        supports_check_mode=True,
+    )
+    changed = []
+    dir_mode = _mode(module.params["dir_mode"], "0755")
+    for d in module.params["directories"]:
+        if not module.check_mode:
+            ensure_dir(d["path"], _mode(d.get("mode"), "0755"), changed)
+    for f in module.params["files"]:
+        path = f["path"]
+        mode = _mode(f.get("mode"), "0644")
+        content = f.get("content") or ""
+        if not isinstance(content, str):
+            module.fail_json(msg="%s: content must be text, got %s (a template that renders JSON is parsed by "
+                                 "Ansible: use lookup('template', ..., convert_data=False))" % (path, type(content).__name__))
+        data = base64.b64decode(content) if f.get("b64") else content.encode("utf-8")
+        if not f.get("b64") and not data.endswith(b"\n") and data:
+            data += b"\n"
+        try:
+            with open(path, "rb") as fh:
+                same = fh.read() == data
+            same_mode = stat.S_IMODE(os.stat(path).st_mode) == mode
+        except FileNotFoundError:
+            same, same_mode = False, False
+        if same and same_mode:
+            continue
+        changed.append(path)
+        if module.check_mode:
+            continue
+        parent = os.path.dirname(path)
+        if parent and not os.path.isdir(parent):
+            os.makedirs(parent, dir_mode)
+        if same:
+            os.chmod(path, mode)
+            continue
+        tmp = "%s.pilothouse-tmp" % path
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    module.exit_json(changed=bool(changed), changed_paths=changed)
+
+
+if __name__ == "__main__":
+    main()
