@@ -370,6 +370,10 @@ def destroy(name: str) -> None:
     _poweroff(name)
     with _host_lock():
         _stop_leftovers(name)
+        # The veth normally dies with the machine's network namespace, but anything on the host that still
+        # holds that namespace (seen here: a thread of the sandbox's init) keeps it, and the bridge, alive.
+        # Deleting our end removes the pair. nspawn names it vb-<name> (an altname when the name is long).
+        subprocess.run(["ip", "link", "del", "dev", f"vb-{name}"], capture_output=True)
         d = machine_dir(name)
         _remove_nspawn_lock(d / "rootfs")
         for mount in _mounts_under(d):
