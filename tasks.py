@@ -110,6 +110,51 @@ def ssh(c, name, stack="dev"):
           pty=True)
 
 
+def _report(stack_name: str):
+    from infra import artifacts as arts, status
+
+    outputs = _stack(stack_name).outputs()
+    if "admin_kubeconfig" not in outputs:
+        raise Exit(f"stack {stack_name} has no cluster: run `invoke up --stack {stack_name}` first")
+    kubectl = str(arts.ensure_go("kubernetes", log=lambda _m: None).file("kubectl"))
+    report = status.collect(outputs["machines"].value, outputs["ssh_private_key"].value,
+                            outputs["admin_kubeconfig"].value, kubectl)
+    return report, outputs["admin_kubeconfig"].value
+
+
+@task(help={"stack": "Pulumi stack to inspect"})
+def status(c, stack="dev"):
+    """Table of machines and their services, etcd members and leader, lease holders, node readiness."""
+    from infra import status as status_mod
+
+    report, _ = _report(stack)
+    print(status_mod.render(report))
+    if not report.healthy:
+        raise Exit(code=1)
+
+
+@task(help={"stack": "Pulumi stack whose admin kubeconfig to print"})
+def kubeconfig(c, stack="dev"):
+    """Print the path of the admin kubeconfig (server: the load balancer), for `export KUBECONFIG=...`."""
+    outputs = _stack(stack).outputs()
+    if "admin_kubeconfig" not in outputs:
+        raise Exit(f"stack {stack} has no cluster: run `invoke up --stack {stack}` first")
+    print(outputs["admin_kubeconfig"].value)
+
+
+@task(name="ci-up", help={"stack": "Pulumi stack to bring up (config: Pulumi.<stack>.yaml, else the defaults)"})
+def ci_up(c, stack="dev"):
+    """For CI: bring the cluster up, check it, print the kubeconfig path; exit non-zero naming what is unhealthy."""
+    from infra import status as status_mod
+
+    up(c, stack=stack)
+    report, path = _report(stack)
+    print(status_mod.render(report))
+    if not report.healthy:
+        raise Exit("cluster is not healthy: " + "; ".join(report.problems), code=1)
+    print(path)
+
+
 @task(help={"k": "only run tests matching this pytest -k expression",
             "fast": "only the unit tests (no artifacts, no machines)"})
 def test(c, k=None, fast=False):
@@ -125,4 +170,4 @@ def test(c, k=None, fast=False):
         raise Exit(code=code)
 
 
-ns = Collection(deps, artifacts, up, preview, down, machines, ssh, test)
+ns = Collection(deps, artifacts, up, preview, down, status, kubeconfig, ci_up, machines, ssh, test)

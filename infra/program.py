@@ -117,7 +117,8 @@ class Cluster(pulumi.ComponentResource):
 def role_vars(spec: spec_mod.ClusterSpec, registry_endpoint: str, workdir: Path) -> dict:
     """The variables of roles/README.md that the inventory (spec.inventory) does not carry."""
     return {
-        "pilothouse_binaries": artifacts.binaries(artifacts.ensure_all()),
+        # Only what the roles install: a new add-on artifact must not re-run the playbook.
+        "pilothouse_binaries": artifacts.binaries([artifacts.ensure_go(n) for n in ("kubernetes", "etcd")]),
         "pilothouse_registry_mirror": f"http://{registry_endpoint}",
         "pilothouse_pki_dir": str(workdir / "pki"),
         "pilothouse_admin_kubeconfig": str(workdir / "admin.kubeconfig"),

@@ -1,0 +1,112 @@
+"""Cluster health as an operator reads it: machines, the services on each, etcd members, lease holders, nodes."""
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import paramiko
+
+# The systemd units each role runs (roles/*/templates); keepalived only exists with 2+ LBs.
+SERVICES = {
+    "lb": ["haproxy"],
+    "etcd": ["etcd"],
+    "master": ["kube-apiserver", "kube-controller-manager", "kube-scheduler", "containerd", "kubelet", "kube-proxy"],
+    "worker": ["containerd", "kubelet", "kube-proxy"],
+}
+
+
+@dataclass
+class Report:
+    machines: list[dict]  # name, roles, address, services: {unit: state}
+    etcd_members: list[dict] = field(default_factory=list)  # endpoint, leader, version
+    leases: dict[str, str] = field(default_factory=dict)  # lease -> holder
+    nodes: dict[str, bool] = field(default_factory=dict)  # node -> Ready
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def healthy(self) -> bool:
+        return not self.problems
+
+
+def _ssh(address: str, key: str, command: str, timeout: float = 20) -> str:
+    client = paramiko.SSHClient()
+    client.set_missing_host_key_policy(paramiko.AutoAddPolicy())  # machines are re-created with new host keys
+    client.connect(address, username="root", pkey=paramiko.Ed25519Key.from_private_key(io.StringIO(key)),
+                   timeout=timeout, allow_agent=False, look_for_keys=False)
+    try:
+        _, out, _ = client.exec_command(command, timeout=timeout)
+        return out.read().decode()
+    finally:
+        client.close()
+
+
+def _services(machine: dict, key: str) -> dict[str, str]:
+    units = sorted({u for role in machine["roles"] for u in SERVICES.get(role, [])})
+    try:
+        states = _ssh(machine["address"], key, "systemctl is-active " + " ".join(units)).split()
+    except (OSError, paramiko.SSHException) as exc:
+        return {u: f"unreachable ({exc.__class__.__name__})" for u in units}
+    return dict(zip(units, states))
+
+
+def _kubectl_json(kubectl: str, kubeconfig: str, *args: str) -> dict:
+    out = subprocess.run([kubectl, "--kubeconfig", kubeconfig, "--request-timeout=10s", *args, "-o", "json"],
+                         capture_output=True, text=True, timeout=30)
+    if out.returncode:
+        raise RuntimeError(out.stderr.strip())
+    return json.loads(out.stdout)
+
+
+def collect(machines: list[dict], ssh_key: str, kubeconfig: str, kubectl: str) -> Report:
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        states = list(pool.map(lambda m: _services(m, ssh_key), machines))
+    report = Report([{**m, "services": s} for m, s in zip(machines, states)])
+    for m in report.machines:
+        report.problems += [f"{m['name']}: {u} is {s}" for u, s in m["services"].items() if s != "active"]
+    etcd_hosts = [m for m in machines if "etcd" in m["roles"]]
+    try:
+        raw = _ssh(etcd_hosts[0]["address"], ssh_key,
+                   "etcdctl-pilothouse endpoint status --cluster -w json")
+        for member in json.loads(raw):
+            status = member["Status"]
+            report.etcd_members.append({"endpoint": member["Endpoint"], "version": status["version"],
+                                        "leader": status["leader"] == status["header"]["member_id"]})
+        if sum(m["leader"] for m in report.etcd_members) != 1:
+            report.problems.append("etcd: no single leader")
+        if len(report.etcd_members) != len(etcd_hosts):
+            report.problems.append(f"etcd: {len(report.etcd_members)} members answer, {len(etcd_hosts)} expected")
+    except (OSError, ValueError, KeyError, IndexError, paramiko.SSHException) as exc:
+        report.problems.append(f"etcd: status unavailable ({exc})")
+    try:
+        for lease in ("kube-controller-manager", "kube-scheduler"):
+            holder = _kubectl_json(kubectl, kubeconfig, "-n", "kube-system", "get", "lease", lease)
+            report.leases[lease] = holder["spec"].get("holderIdentity", "").split("_")[0]
+            if not report.leases[lease]:
+                report.problems.append(f"lease {lease} has no holder")
+        for node in _kubectl_json(kubectl, kubeconfig, "get", "nodes")["items"]:
+            ready = any(c["type"] == "Ready" and c["status"] == "True" for c in node["status"]["conditions"])
+            report.nodes[node["metadata"]["name"]] = ready
+        kubelets = {m["name"] for m in machines if {"master", "worker"} & set(m["roles"])}
+        report.problems += [f"node {n} is not Ready" for n in sorted(kubelets) if not report.nodes.get(n)]
+    except (RuntimeError, subprocess.TimeoutExpired, ValueError, KeyError) as exc:
+        report.problems.append(f"API server (through the load balancer) does not answer: {exc}")
+    return report
+
+
+def render(report: Report) -> str:
+    lines = [f"{'MACHINE':<26} {'ROLES':<16} {'ADDRESS':<14} SERVICES"]
+    for m in report.machines:
+        services = " ".join(f"{u}={'ok' if s == 'active' else s}" for u, s in m["services"].items())
+        lines.append(f"{m['name']:<26} {','.join(m['roles']):<16} {m['address']:<14} {services}")
+    lines.append("")
+    for member in report.etcd_members:
+        lines.append(f"etcd {member['endpoint']:<28} v{member['version']}{'  (leader)' if member['leader'] else ''}")
+    for lease, holder in report.leases.items():
+        lines.append(f"lease {lease:<26} held by {holder}")
+    ready = sum(report.nodes.values())
+    lines.append(f"nodes Ready: {ready}/{len(report.nodes)}")
+    lines.append("healthy" if report.healthy else "UNHEALTHY:\n  " + "\n  ".join(report.problems))
+    return "\n".join(lines)

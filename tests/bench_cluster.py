@@ -1,0 +1,121 @@
+"""Benchmark the default topology end to end; prints figures and writes a timeline (JSON + PNG). No asserts.
+
+    .venv/bin/python tests/bench_cluster.py [--out DIR]
+
+Phases: artifacts (warm cache), machines SSH-ready, cluster configured (playbook) and all nodes Ready, workloads
+verified (when the workloads layer is wired into the program), a no-op `pulumi up`, adding one worker, destroy.
+It uses its own stack and network (cluster `phbench`, 10.75.0.0/24), so it never touches the `dev` stack.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from infra import artifacts, program, stack  # noqa: E402
+
+CONFIG = {"pilothouse:clusterName": "phbench", "pilothouse:machineCidr": "10.75.0.0/24"}
+
+
+class Timeline:
+    def __init__(self):
+        self.start = time.monotonic()
+        self.phases: list[dict] = []
+
+    def phase(self, name: str, began: float, ended: float | None = None) -> None:
+        ended = time.monotonic() if ended is None else ended
+        self.phases.append({"phase": name, "start_s": round(began - self.start, 2),
+                            "seconds": round(ended - began, 2)})
+        print(f"{name:<34} {ended - began:7.1f} s", flush=True)
+
+
+def nodes_ready(kubectl: str, kubeconfig: str, count: int, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        out = subprocess.run([kubectl, "--kubeconfig", kubeconfig, "get", "nodes", "--no-headers"],
+                             capture_output=True, text=True).stdout.split("\n")
+        if sum(" Ready " in line for line in out) == count:
+            return
+        time.sleep(1)
+    raise SystemExit(f"nodes not Ready after {timeout}s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("bench-results"), help="where timeline.json/.png go")
+    args = parser.parse_args()
+    tl = Timeline()
+
+    began = time.monotonic()
+    kubectl = str(artifacts.ensure_all(log=lambda _m: None)[0].file("kubectl"))
+    tl.phase("artifacts (warm cache)", began)
+
+    machines_done: list[float] = []
+
+    def on_event(event) -> None:
+        outputs = event.res_outputs_event
+        if outputs and "LocalMachine" in outputs.metadata.type:
+            machines_done.append(time.monotonic())
+
+    with tempfile.TemporaryDirectory(prefix="phbench-state-") as state:
+        st = stack.select_stack("bench", program.main, Path(state), config=CONFIG)
+        try:
+            began = time.monotonic()
+            outputs = st.up(on_event=on_event).outputs
+            configured = time.monotonic()
+            tl.phase("machines SSH-ready (6)", began, max(machines_done))
+            kubeconfig = outputs["admin_kubeconfig"].value
+            nodes_ready(kubectl, kubeconfig, 5)
+            tl.phase("cluster ready (all nodes Ready)", began)
+            tl.phase("  of which registry + playbook", max(machines_done), configured)
+
+            began = time.monotonic()
+            st.up(expect_no_changes=True)
+            tl.phase("no-op pulumi up", began)
+
+            began = time.monotonic()
+            st.set_config("pilothouse:workers", stack.auto.ConfigValue("3"))
+            st.up()
+            nodes_ready(kubectl, kubeconfig, 6)
+            tl.phase("add one worker (Ready)", began)
+        finally:
+            began = time.monotonic()
+            st.destroy()
+            tl.phase("destroy", began)
+            st.workspace.remove_stack("bench")
+            (stack.REPO / "Pulumi.bench.yaml").unlink(missing_ok=True)
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    record = {"when": stamp, "topology": "3 masters (stacked etcd), 2 workers, 1 LB", "phases": tl.phases}
+    (args.out / f"timeline-{stamp}.json").write_text(json.dumps(record, indent=2))
+    chart(tl.phases, args.out / f"timeline-{stamp}.png")
+    print(f"timeline written to {args.out}/timeline-{stamp}.json and .png")
+
+
+def chart(phases: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 0.5 * len(phases) + 1))
+    for row, p in enumerate(reversed(phases)):
+        ax.barh(row, p["seconds"], left=p["start_s"], color="tab:blue")
+        ax.text(p["start_s"] + p["seconds"] + 1, row, f"{p['seconds']:.0f}s", va="center", fontsize=8)
+    ax.set_yticks(range(len(phases)), [p["phase"] for p in reversed(phases)], fontsize=8)
+    ax.set_xlabel("seconds since start")
+    ax.set_title("pilothouse: default topology, warm cache")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+if __name__ == "__main__":
+    main()

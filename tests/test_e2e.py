@@ -1,0 +1,64 @@
+"""End to end: from no machines to a healthy HA cluster with `pulumi up`, a no-op re-run, then a clean host.
+
+The default topology (3 masters with stacked etcd, 2 workers, 1 haproxy LB) under its own name and network,
+so a developer's `dev` stack is never touched.
+"""
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from infra import artifacts, configure, program, spec as spec_mod, stack, status
+from infra.machines import local
+
+pytestmark = [pytest.mark.artifacts, pytest.mark.machines]
+
+CONFIG = {"pilothouse:clusterName": "phe2e", "pilothouse:machineCidr": "10.76.0.0/24"}
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    st = stack.select_stack("e2e", program.main, tmp_path_factory.mktemp("state"), config=CONFIG)
+    spec = spec_mod.from_config({k.split(":", 1)[1]: v for k, v in CONFIG.items()})
+    try:
+        outputs = st.up().outputs
+        yield st, spec, outputs
+    finally:
+        st.destroy()
+        st.workspace.remove_stack("e2e")
+        Path(stack.REPO / "Pulumi.e2e.yaml").unlink(missing_ok=True)
+    names = [m.name for m in spec.machines]
+    assert [n for n in names if local.status(n) != "absent"] == []
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    assert program.bridge_name(spec) + ":" not in links
+
+
+def test_every_component_is_healthy_through_the_load_balancer(cluster):
+    _, spec, outputs = cluster
+    kubectl = str(artifacts.ensure_go("kubernetes").file("kubectl"))
+    report = status.collect(outputs["machines"].value, outputs["ssh_private_key"].value,
+                            outputs["admin_kubeconfig"].value, kubectl)
+    assert report.healthy, status.render(report)
+    assert len(report.etcd_members) == 3 and sum(m["leader"] for m in report.etcd_members) == 1
+    assert set(report.leases) == {"kube-controller-manager", "kube-scheduler"}
+    assert set(report.nodes) == {m.name for m in spec.nodes} and all(report.nodes.values())
+    server = next(line for line in Path(outputs["admin_kubeconfig"].value).read_text().splitlines()
+                  if "server:" in line)
+    assert server.strip() == f"server: https://{spec.api_address}:6443"
+
+
+def test_a_second_pulumi_up_changes_nothing(cluster):
+    st, _, _ = cluster
+    result = st.up(expect_no_changes=True)
+    assert set(result.summary.resource_changes) == {"same"}
+
+
+def test_a_second_playbook_run_reports_no_change(cluster):
+    _, spec, outputs = cluster
+    workdir = program.cluster_dir(spec)
+    endpoint = f"{spec.host_address}:{program.REGISTRY_PORT}"
+    result = configure.run_playbook(spec.inventory(), program.role_vars(spec, endpoint, workdir),
+                                    outputs["ssh_private_key"].value, workdir / "logs")
+    assert result.changed == 0, f"changed={result.changed}; see {result.log}"
