@@ -10,6 +10,7 @@ import socket
 import subprocess
 import threading
 import time
+import types
 import urllib.request
 
 import pytest
@@ -218,3 +219,22 @@ def test_download_with_a_wrong_checksum_is_refused_and_nothing_is_cached(release
     with pytest.raises(artifacts.ArtifactError, match="does not match"):
         artifacts.ensure_go("kubernetes", _download_lock(lock, url))
     assert not any((tmp_path / "cache" / "artifacts" / "kubernetes").iterdir())
+
+
+def test_export_writes_every_file_with_a_checksum_list(built, tmp_path):
+    bundle = artifacts.export_bundle(list(built.values()), tmp_path / "bundle")
+    sums = (bundle / "SHA256SUMS").read_text().splitlines()
+    assert len(sums) == sum(len(e.files) for e in built.values())
+    for line in sums:
+        digest, rel = line.split("  ")
+        assert store.sha256_file(bundle / rel) == digest
+
+
+def test_a_nearly_full_disk_is_refused_before_building(tmp_path, monkeypatch):
+    monkeypatch.setenv("PILOTHOUSE_CACHE", str(tmp_path))
+    # The filesystem is real; only its free-space answer is replaced, since filling a disk here is not an option.
+    monkeypatch.setattr(store.shutil, "disk_usage", lambda _p: types.SimpleNamespace(free=100 << 20))
+    with pytest.raises(artifacts.ArtifactError, match="only 100 MiB free"):
+        store.staging_dir("etcd")
+    assert list((tmp_path / "artifacts" / "etcd").iterdir()) == []
+
