@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import io
+import os
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import paramiko
@@ -36,6 +39,13 @@ def ssh_hostname(address: str, private_key: str) -> str:
         client.close()
 
 
+def wait_until(predicate, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.2)
+
+
 def host_leftovers(names: list[str], bridge: str) -> list[str]:
     left = [f"machine {n}" for n in names if local.status(n) != "absent"]
     links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
@@ -58,6 +68,14 @@ def test_pulumi_up_creates_reachable_machines_and_destroy_removes_them(tmp_path)
             assert ssh_hostname(address, key) == name
         again = st.preview()
         assert set(again.change_summary) == {"same"}, again.change_summary
+
+        # A machine that dies behind Pulumi's back: refresh notices, and the next up boots it again.
+        os.kill(local.get("phpulumi-worker-1").pid, signal.SIGKILL)
+        wait_until(lambda: local.status("phpulumi-worker-1") != "running", 15)
+        st.refresh()
+        assert st.preview().change_summary.get("create") == 1
+        st.up()
+        assert ssh_hostname(addresses["phpulumi-worker-1"], key) == "phpulumi-worker-1"
     finally:
         st.destroy()
         st.workspace.remove_stack("machines-test")
