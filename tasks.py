@@ -122,6 +122,26 @@ def _report(stack_name: str):
     return report, outputs["admin_kubeconfig"].value
 
 
+@task(help={"stack": "Pulumi stack whose machines to configure"})
+def playbook(c, stack="dev"):
+    """Run the Ansible playbook alone against the stack's machines (what `up` does when roles/ changed)."""
+    import json
+
+    from infra import configure
+
+    outputs = _stack(stack).outputs()
+    if "playbook_vars" not in outputs:
+        raise Exit(f"stack {stack} has no cluster: run `invoke up --stack {stack}` first")
+    extravars = json.loads(outputs["playbook_vars"].value)
+    try:
+        result = configure.run_playbook(json.loads(outputs["inventory"].value), extravars,
+                                        outputs["ssh_private_key"].value,
+                                        Path(extravars["pilothouse_admin_kubeconfig"]).parent / "logs", quiet=False)
+    except configure.PlaybookError as exc:
+        raise Exit(str(exc), code=1)
+    print(f"playbook: changed={result.changed} in {result.seconds:.0f}s (log: {result.log})")
+
+
 @task(help={"stack": "Pulumi stack to inspect"})
 def status(c, stack="dev"):
     """Table of machines and their services, etcd members and leader, lease holders, node readiness."""
@@ -170,4 +190,4 @@ def test(c, k=None, fast=False):
         raise Exit(code=code)
 
 
-ns = Collection(deps, artifacts, up, preview, down, status, kubeconfig, ci_up, machines, ssh, test)
+ns = Collection(deps, artifacts, up, preview, down, playbook, status, kubeconfig, ci_up, machines, ssh, test)

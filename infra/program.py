@@ -15,6 +15,11 @@ from infra.machines import provider as local_provider
 REGISTRY_PORT = 5000
 
 
+def registry_endpoint(spec: spec_mod.ClusterSpec) -> str:
+    """The registry listens on the host's address on the cluster's bridge, the only host address machines reach."""
+    return f"{spec.host_address}:{REGISTRY_PORT}"
+
+
 def bridge_name(spec: spec_mod.ClusterSpec) -> str:
     """One host bridge per cluster, so two stacks on one host never share a network (IFNAMSIZ is 15)."""
     return f"ph-{spec.name}"[:15]
@@ -91,6 +96,7 @@ class Cluster(pulumi.ComponentResource):
 
     admin_kubeconfig: pulumi.Output[str]
     inventory: pulumi.Output[str]
+    playbook_vars: pulumi.Output[str]
     ssh_private_key: pulumi.Output[str]
 
     def __init__(self, name: str, args: ClusterArgs, opts: ResourceOptions | None = None):
@@ -98,7 +104,7 @@ class Cluster(pulumi.ComponentResource):
         spec = args.spec
         hosts = LocalMachines(f"{name}-machines", args, ResourceOptions(parent=self))
         machines = hosts.machines
-        mirror = LocalRegistry(f"{name}-registry", f"{spec.host_address}:{REGISTRY_PORT}",
+        mirror = LocalRegistry(f"{name}-registry", registry_endpoint(spec),
                                opts=ResourceOptions(parent=self, depends_on=machines))
         workdir = cluster_dir(spec)
         inventory = spec.inventory()
@@ -109,9 +115,10 @@ class Cluster(pulumi.ComponentResource):
             opts=ResourceOptions(parent=self, depends_on=[*machines, mirror]))
         self.admin_kubeconfig = playbook.changed.apply(lambda _: str(workdir / "admin.kubeconfig"))
         self.inventory = Output.from_input(json.dumps(inventory))
+        self.playbook_vars = extravars
         self.ssh_private_key = hosts.ssh_private_key
         self.register_outputs({"admin_kubeconfig": self.admin_kubeconfig, "inventory": self.inventory,
-                               "ssh_private_key": self.ssh_private_key})
+                               "playbook_vars": self.playbook_vars, "ssh_private_key": self.ssh_private_key})
 
 
 def role_vars(spec: spec_mod.ClusterSpec, registry_endpoint: str, workdir: Path) -> dict:
@@ -133,6 +140,7 @@ def main() -> None:
     cluster = Cluster(spec.name, ClusterArgs(spec))
     pulumi.export("admin_kubeconfig", cluster.admin_kubeconfig)
     pulumi.export("inventory", cluster.inventory)
+    pulumi.export("playbook_vars", cluster.playbook_vars)  # with the inventory: what `invoke playbook` re-runs
     pulumi.export("ssh_private_key", Output.secret(cluster.ssh_private_key))
     pulumi.export("machines", [{"name": m.name, "roles": list(m.roles), "address": m.address}
                                for m in spec.machines])

@@ -58,7 +58,6 @@ def test_a_second_pulumi_up_changes_nothing(cluster):
 def test_a_second_playbook_run_reports_no_change(cluster):
     _, spec, outputs = cluster
     workdir = program.cluster_dir(spec)
-    endpoint = f"{spec.host_address}:{program.REGISTRY_PORT}"
-    result = configure.run_playbook(spec.inventory(), program.role_vars(spec, endpoint, workdir),
+    result = configure.run_playbook(spec.inventory(), program.role_vars(spec, program.registry_endpoint(spec), workdir),
                                     outputs["ssh_private_key"].value, workdir / "logs")
     assert result.changed == 0, f"changed={result.changed}; see {result.log}"
