@@ -8,7 +8,7 @@ from pathlib import Path
 import pulumi
 from pulumi import Output, ResourceOptions, dynamic
 
-from infra import artifacts, configure, spec as spec_mod
+from infra import addons, artifacts, configure, spec as spec_mod
 from infra.artifacts import images, registry
 from infra.machines import provider as local_provider
 
@@ -132,12 +132,26 @@ def role_vars(spec: spec_mod.ClusterSpec, registry_endpoint: str, workdir: Path)
     }
 
 
+def load_balancer_range(spec: spec_mod.ClusterSpec) -> str:
+    """Addresses MetalLB hands to LoadBalancer Services: .200-.220 of the machine network, where no machine sits."""
+    net = spec.machine_cidr
+    if net.num_addresses < 256:
+        raise spec_mod.SpecError([f"machineCidr {net} is smaller than a /24: LoadBalancer Services take its "
+                                  ".200-.220; use a /24 or larger"])
+    return f"{net[200]}-{net[220]}"
+
+
 def main() -> None:
     spec = spec_mod.from_pulumi_config()
     if spec.backend != "local":
         raise spec_mod.SpecError([f"backend {spec.backend!r}: only `local` is wired into `pulumi up` so far; "
                                   "the libvirt and aws components are tested with mocks only"])
     cluster = Cluster(spec.name, ClusterArgs(spec))
+    used = tuple(m.address for m in spec.machines) + (spec.host_address,)
+    cluster_addons = addons.Addons(f"{spec.name}-addons", addons.AddonsArgs(
+        kubeconfig=cluster.admin_kubeconfig, lb_address_range=load_balancer_range(spec),
+        machine_cidr=str(spec.machine_cidr), used_addresses=used), opts=ResourceOptions(depends_on=[cluster]))
+    pulumi.export("ingress_address", cluster_addons.ingress_address)
     pulumi.export("admin_kubeconfig", cluster.admin_kubeconfig)
     pulumi.export("inventory", cluster.inventory)
     pulumi.export("playbook_vars", cluster.playbook_vars)  # with the inventory: what `invoke playbook` re-runs

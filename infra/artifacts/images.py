@@ -343,13 +343,14 @@ def recipe_kubectl_proxy(ctx: Context, layer: Path) -> None:
     shutil.copy2(STANDIN_SRC / "kubectl-proxy.sh", layer / "kubectl-proxy.sh")
 
 
-def recipe_coredns(ctx: Context, layer: Path) -> None:
-    shutil.copy2(ctx.artifact, layer / "coredns")
+def recipe_artifact(ctx: Context, layer: Path) -> None:
+    """An image holding one static binary from lock.yaml, at /<its file name>."""
+    shutil.copy2(ctx.artifact, layer / ctx.artifact.name)
 
 
 RECIPES = {"pause": recipe_pause, "busybox": recipe_busybox, "fortune": recipe_fortune, "nginx": recipe_nginx,
            "perl": recipe_perl, "standin": recipe_standin, "kubectl-proxy": recipe_kubectl_proxy,
-           "coredns": recipe_coredns}
+           "artifact": recipe_artifact}
 
 
 # ---- building and caching ----------------------------------------------------------------------------

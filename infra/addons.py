@@ -1,0 +1,315 @@
+"""Cluster add-ons the sample workloads need, deployed with pulumi-kubernetes from workloads/addons/:
+
+- MetalLB (L2): LoadBalancer Services get an address from a pool on the machine network.
+- Traefik: the default IngressClass `traefik`, HTTP on 80 and HTTPS on 443 (certificates from the
+  Ingresses' TLS Secrets) behind a LoadBalancer Service, its address published on Ingress status.
+- local-path-provisioner: the default StorageClass `local-path` (volumes in a directory on the node).
+
+Every image is built from the pinned lock.yaml binaries (images.yaml families) and served by the local
+registry under its upstream name. The component only finishes once each controller is available and
+MetalLB's webhooks admit objects, so workloads applied after it never race a fail-closed webhook.
+
+    python -m infra.addons --refresh-metallb   rewrite workloads/addons/metallb*.yaml from the pinned module
+"""
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pulumi
+import pulumi_kubernetes as k8s
+import yaml
+from pulumi import Output, ResourceOptions, dynamic
+
+from infra import artifacts
+from infra.artifacts.store import ArtifactError
+
+ADDONS_DIR = Path(__file__).resolve().parent.parent / "workloads" / "addons"
+INGRESS_CLASS = "traefik"
+STORAGE_CLASS = "local-path"
+METALLB_NAMESPACE = "metallb-system"
+# MetalLB's own manifest, shipped in its module at the pinned version.
+METALLB_UPSTREAM = "config/manifests/metallb-native.yaml"
+WEBHOOK_TIMEOUT = 300.0
+
+
+class AddonsError(ValueError):
+    """Bad add-on arguments; the message says what to change."""
+
+
+def parse_address_range(value: str) -> tuple[ipaddress.IPv4Address, ipaddress.IPv4Address]:
+    """`10.78.0.200-10.78.0.220` or a CIDR such as `10.78.0.192/27` -> (first, last)."""
+    try:
+        if "-" in value:
+            first, last = (ipaddress.IPv4Address(part.strip()) for part in value.split("-", 1))
+        else:
+            net = ipaddress.IPv4Network(value.strip(), strict=True)
+            first, last = net[0], net[-1]
+    except ValueError as e:
+        raise AddonsError(f"lb_address_range {value!r} is not `A.B.C.D-A.B.C.E` or a CIDR: {e}") from None
+    if first > last:
+        raise AddonsError(f"lb_address_range {value!r}: the first address is after the last")
+    return first, last
+
+
+def check_address_range(value: str, machine_cidr: str | None = None,
+                        used: tuple[str, ...] = ()) -> str:
+    """The range in MetalLB's form, after checking it sits inside the machine network (L2 mode only
+    answers ARP on the segment the nodes share) and overlaps no machine or bridge address."""
+    first, last = parse_address_range(value)
+    if machine_cidr:
+        net = ipaddress.IPv4Network(machine_cidr)
+        if first not in net or last not in net or first == net.network_address or last == net.broadcast_address:
+            raise AddonsError(f"lb_address_range {value!r} must lie inside the machine network {machine_cidr} "
+                              "(MetalLB L2 answers ARP there), e.g. its .200-.220")
+    clash = sorted(a for a in used if first <= ipaddress.IPv4Address(a) <= last)
+    if clash:
+        raise AddonsError(f"lb_address_range {value!r} includes addresses in use ({', '.join(clash)}); "
+                          "pick unused ones, e.g. above the machines'")
+    return f"{first}-{last}"
+
+
+def load(name: str) -> list[dict]:
+    """The documents of workloads/addons/<name>.yaml."""
+    path = ADDONS_DIR / f"{name}.yaml"
+    return [d for d in yaml.safe_load_all(path.read_text()) if d]
+
+
+def pool_objects(address_range: str) -> list[dict]:
+    """MetalLB's configuration: one pool on the machine network, announced in L2 mode."""
+    meta = {"namespace": METALLB_NAMESPACE}
+    return [
+        {"apiVersion": "metallb.io/v1beta1", "kind": "IPAddressPool",
+         "metadata": {"name": "machine-network", **meta},
+         "spec": {"addresses": [address_range], "autoAssign": True}},
+        {"apiVersion": "metallb.io/v1beta1", "kind": "L2Advertisement",
+         "metadata": {"name": "machine-network", **meta},
+         "spec": {"ipAddressPools": ["machine-network"]}},
+    ]
+
+
+def api_server_of(kubeconfig: str) -> str:
+    """The `server:` URL of a kubeconfig given as its contents or its path."""
+    text = Path(kubeconfig).read_text() if "\n" not in kubeconfig and Path(kubeconfig).is_file() else kubeconfig
+    clusters = (yaml.safe_load(text) or {}).get("clusters") or []
+    if not clusters:
+        raise AddonsError("the kubeconfig given to Addons names no cluster")
+    return clusters[0]["cluster"]["server"]
+
+
+def speaker_reaches_api_directly(objs: list[dict], server: str) -> list[dict]:
+    """Point MetalLB's speaker at the API server's own address instead of the `kubernetes` ClusterIP.
+
+    The speaker runs in the node's network namespace, and the machines have no route covering the
+    Service CIDR (no default route: nothing leaves the machine network), so connect() to 10.96.0.1
+    fails with "network is unreachable" before kube-proxy's DNAT could apply. Pods on the pod network
+    are unaffected. The lasting fix is a route for the Service CIDR on every node (cni role).
+    """
+    url = server.split("://", 1)[-1].rstrip("/")
+    host, _, port = url.rpartition(":") if url.count(":") == 1 else (url, "", "443")
+    patched = []
+    for obj in objs:
+        if obj["kind"] == "DaemonSet" and obj["metadata"]["name"] == "speaker":
+            obj = json.loads(json.dumps(obj))
+            for c in obj["spec"]["template"]["spec"]["containers"]:
+                c["env"] = [e for e in c.get("env", []) if not e["name"].startswith("KUBERNETES_SERVICE_")] + [
+                    {"name": "KUBERNETES_SERVICE_HOST", "value": host},
+                    {"name": "KUBERNETES_SERVICE_PORT", "value": port}]
+        patched.append(obj)
+    return patched
+
+
+# ---- MetalLB's manifests, from its module source ----------------------------------------------------
+
+def metallb_module_dir() -> Path:
+    """The pinned MetalLB module in the Go module cache (fetched from the proxy if missing)."""
+    spec = artifacts.load_lock()["go"]["metallb"]
+    env = dict(os.environ, GOFLAGS="-mod=mod", GOTOOLCHAIN="local")
+    proc = subprocess.run(["go", "mod", "download", "-json", f"{spec['module']}@{spec['version']}"],
+                          capture_output=True, text=True, env=env, cwd=tempfile.gettempdir(), check=False)
+    info = json.loads(proc.stdout or "{}")
+    if "Dir" not in info:
+        raise ArtifactError(f"cannot fetch {spec['module']}@{spec['version']}: {info.get('Error', proc.stderr)}")
+    return Path(info["Dir"])
+
+
+def metallb_upstream(module_dir: Path) -> tuple[list[dict], list[dict]]:
+    """(CRDs, everything else) from MetalLB's own native-mode manifest."""
+    docs = [d for d in yaml.safe_load_all((module_dir / METALLB_UPSTREAM).read_text()) if d]
+    crds = [d for d in docs if d["kind"] == "CustomResourceDefinition"]
+    return crds, [d for d in docs if d["kind"] != "CustomResourceDefinition"]
+
+
+def refresh_metallb_files(module_dir: Path | None = None) -> list[Path]:
+    """Write workloads/addons/metallb-crds.yaml and metallb.yaml from the pinned module, unchanged but
+    for a header: its images (quay.io/metallb/*) are the names the local registry serves."""
+    module_dir = module_dir or metallb_module_dir()
+    version = module_dir.name.split("@", 1)[1]
+    crds, rest = metallb_upstream(module_dir)
+    parts = (("metallb-crds", crds, "its CustomResourceDefinitions"),
+             ("metallb", rest, "all but the CRDs: namespace, RBAC, excludel2 ConfigMap, webhook, controller, speaker"))
+    written = []
+    for name, docs, what in parts:
+        header = (f"# Generated by `python -m infra.addons --refresh-metallb` from {METALLB_UPSTREAM}\n"
+                  f"# of go.universe.tf/metallb@{version} (Go module cache): {what}.\n"
+                  "# Do not edit; re-generate. infra/addons.py points the speaker at the API server's address.\n")
+        path = ADDONS_DIR / f"{name}.yaml"
+        path.write_text(header + yaml.safe_dump_all(docs, sort_keys=False))
+        written.append(path)
+    return written
+
+
+# ---- waiting for MetalLB's webhooks ------------------------------------------------------------------
+
+def _kubectl() -> str:
+    return str(artifacts.ensure_go("kubernetes").file("kubectl"))
+
+
+def _kubeconfig_file(kubeconfig: str) -> tuple[str, bool]:
+    """A path to the kubeconfig (given as a path or as its contents); True if it is a temp file."""
+    if "\n" not in kubeconfig and Path(kubeconfig).is_file():
+        return kubeconfig, False
+    fd, path = tempfile.mkstemp(prefix="pilothouse-kubeconfig-")
+    with os.fdopen(fd, "w") as f:
+        f.write(kubeconfig)
+    return path, True
+
+
+def wait_admitted(kubeconfig: str, objs: list[dict], timeout: float = WEBHOOK_TIMEOUT) -> float:
+    """Retry a server-side dry-run apply of `objs` until the API server admits them; seconds taken.
+
+    MetalLB's validating webhooks fail closed, and its controller injects their CA only after it has
+    issued its serving certificate: until then every IPAddressPool is refused.
+    """
+    path, temp = _kubeconfig_file(kubeconfig)
+    started = time.monotonic()
+    try:
+        manifest = yaml.safe_dump_all(objs)
+        while True:
+            proc = subprocess.run([_kubectl(), "--kubeconfig", path, "apply", "--dry-run=server", "-f", "-"],
+                                  input=manifest, capture_output=True, text=True, timeout=60, check=False)
+            if proc.returncode == 0:
+                return time.monotonic() - started
+            if time.monotonic() - started > timeout:
+                raise RuntimeError(f"MetalLB's webhooks still refuse its configuration after {timeout:.0f}s: "
+                                   f"{proc.stderr.strip()[-600:]}\nCheck that the API server reaches pod IPs "
+                                   "(`kubectl -n metallb-system get pods,endpoints`).")
+            time.sleep(3)
+    finally:
+        if temp:
+            os.unlink(path)
+
+
+class _AdmittedProvider(dynamic.ResourceProvider):
+    """A gate: created once the API server admits the given objects (dry run); holds no cluster state."""
+
+    def create(self, props):
+        took = wait_admitted(props["kubeconfig"], json.loads(props["objects"]))
+        return dynamic.CreateResult(id_="admitted", outs={**props, "seconds": round(took, 1)})
+
+    def diff(self, id_, olds, news):
+        return dynamic.DiffResult(changes=olds.get("objects") != news.get("objects"))
+
+    def update(self, id_, olds, news):
+        took = wait_admitted(news["kubeconfig"], json.loads(news["objects"]))
+        return dynamic.UpdateResult(outs={**news, "seconds": round(took, 1)})
+
+
+class WebhooksAdmit(dynamic.Resource):
+    seconds: Output[float]
+
+    def __init__(self, name: str, kubeconfig: Any, objs: list[dict], opts: ResourceOptions | None = None):
+        super().__init__(_AdmittedProvider(), name,
+                         {"kubeconfig": Output.secret(kubeconfig), "objects": json.dumps(objs, sort_keys=True),
+                          "seconds": None}, opts)
+
+
+# ---- the component -------------------------------------------------------------------------------------
+
+@dataclass
+class AddonsArgs:
+    kubeconfig: Any            # pulumi.Input[str], secret: the admin kubeconfig (its contents or its path)
+    lb_address_range: str      # unused machine-network addresses for LoadBalancer Services, e.g.
+                               # "10.78.0.200-10.78.0.220" (or a CIDR)
+    machine_cidr: str | None = None       # when given, the range must lie inside it
+    used_addresses: tuple[str, ...] = ()     # machine/bridge addresses the range must not include
+
+
+class Addons(pulumi.ComponentResource):
+    """MetalLB + Traefik + local-path-provisioner; finished only when all three serve."""
+
+    ingress_class: str
+    storage_class: str
+    ingress_address: Output[str]       # the Traefik LoadBalancer address (HTTP 80, HTTPS 443)
+    webhook_wait_seconds: Output[float]
+
+    def __init__(self, name: str, args: AddonsArgs, opts: ResourceOptions | None = None):
+        super().__init__("pilothouse:addons:Addons", name, None, opts)
+        address_range = check_address_range(args.lb_address_range, args.machine_cidr, args.used_addresses)
+        kubeconfig = Output.secret(args.kubeconfig)
+        self.provider = k8s.Provider(f"{name}-provider", kubeconfig=kubeconfig,
+                                     opts=ResourceOptions(parent=self))
+
+        def child(*depends_on: pulumi.Resource) -> ResourceOptions:
+            return ResourceOptions(parent=self, providers=[self.provider], depends_on=list(depends_on))
+
+        # Each group is applied with pulumi-kubernetes' await logic on: Deployments and DaemonSets count as
+        # created only when their pods are available, a LoadBalancer Service only once it has an address.
+        crds = k8s.yaml.v2.ConfigGroup(f"{name}-metallb-crds", objs=load("metallb-crds"), opts=child())
+        # Not secret: only the API address is taken from it, and a secret would hide every diff.
+        api_server = Output.unsecret(kubeconfig.apply(api_server_of))
+        metallb = k8s.yaml.v2.ConfigGroup(f"{name}-metallb", objs=api_server.apply(
+            lambda url: speaker_reaches_api_directly(load("metallb"), url)), opts=child(crds))
+        pool_objs = pool_objects(address_range)
+        admitted = WebhooksAdmit(f"{name}-metallb-webhooks", kubeconfig, pool_objs,
+                                 opts=ResourceOptions(parent=self, depends_on=[metallb]))
+        pool = k8s.yaml.v2.ConfigGroup(f"{name}-metallb-pool", objs=pool_objs, opts=child(admitted))
+        storage = k8s.yaml.v2.ConfigGroup(f"{name}-local-path", objs=load("local-path"), opts=child())
+        # Traefik's Service waits for its MetalLB address, so the pool comes first.
+        traefik = k8s.yaml.v2.ConfigGroup(f"{name}-traefik", objs=load("traefik"), opts=child(pool))
+
+        self.ingress_class = INGRESS_CLASS
+        self.storage_class = STORAGE_CLASS
+        self.webhook_wait_seconds = admitted.seconds
+        self.ingress_address = traefik.resources.apply(_lb_address)
+        self.ready = [metallb, pool, storage, traefik]   # depend on these to come after every add-on
+        self.register_outputs({"ingress_class": self.ingress_class, "storage_class": self.storage_class,
+                               "ingress_address": self.ingress_address,
+                               "webhook_wait_seconds": self.webhook_wait_seconds})
+
+
+def _lb_address(resources: list) -> Output[str]:
+    services = [r for r in resources if isinstance(r, k8s.core.v1.Service)]
+    if len(services) != 1:
+        raise AddonsError("workloads/addons/traefik.yaml must hold exactly one Service (Traefik's LoadBalancer)")
+    return services[0].status.apply(_ingress_ip)
+
+
+def _ingress_ip(status: Any) -> str:
+    """status.loadBalancer.ingress[0].ip of a Service (an output object, or a dict in tests)."""
+    def get(obj: Any, attr: str, key: str) -> Any:
+        return obj.get(key) if isinstance(obj, dict) and key in obj else getattr(obj, attr, None)
+    ingress = get(get(status, "load_balancer", "loadBalancer"), "ingress", "ingress") or []
+    return (get(ingress[0], "ip", "ip") or "") if ingress else ""
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv != ["--refresh-metallb"]:
+        print(__doc__.strip().splitlines()[-1].strip(), file=sys.stderr)
+        return 2
+    for path in refresh_metallb_files():
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,336 @@
+"""The cluster add-ons (infra/addons.py) on a live cluster: MetalLB gives LoadBalancer Services an address
+the host reaches, Traefik routes Ingresses by host and path and serves their TLS Secrets, and
+local-path-provisioner binds claims on the default StorageClass to data that outlives its pod.
+
+The live tests share one small cluster (1 master, 2 workers, 1 haproxy LB: the roles need an `lb` group) on its own network, brought up with
+the cluster program first and then with the add-ons, so the second `pulumi up` times the add-ons alone.
+"""
+from __future__ import annotations
+
+import datetime
+import http.client
+import ipaddress
+import json
+import socket
+import ssl
+import subprocess
+import time
+from pathlib import Path
+
+import pulumi
+import pytest
+import yaml
+
+from infra import addons, artifacts, program, stack
+from infra import spec as spec_mod
+
+CONFIG = {"pilothouse:clusterName": "phaddons", "pilothouse:ha": "false", "pilothouse:masters": "1",
+          "pilothouse:workers": "2", "pilothouse:lbs": "1", "pilothouse:machineCidr": "10.78.0.0/24"}
+LB_RANGE = "10.78.0.200-10.78.0.220"
+NS = "addons-test"
+live = [pytest.mark.artifacts, pytest.mark.machines]
+
+
+# ---- fast checks, no cluster ---------------------------------------------------------------------------
+
+def test_an_address_range_outside_the_machine_network_is_refused_with_the_fix():
+    with pytest.raises(addons.AddonsError, match="inside the machine network 10.78.0.0/24"):
+        addons.check_address_range("10.79.0.200-10.79.0.220", "10.78.0.0/24")
+    with pytest.raises(addons.AddonsError, match="in use .*10.78.0.40"):
+        addons.check_address_range("10.78.0.30-10.78.0.50", "10.78.0.0/24", ("10.78.0.20", "10.78.0.40"))
+    with pytest.raises(addons.AddonsError, match="first address is after the last"):
+        addons.check_address_range("10.78.0.220-10.78.0.200")
+    with pytest.raises(addons.AddonsError, match="not `A.B.C.D-A.B.C.E` or a CIDR"):
+        addons.check_address_range("10.78.0.200..220")
+    assert addons.check_address_range("10.78.0.192/27", "10.78.0.0/24") == "10.78.0.192-10.78.0.223"
+
+
+def test_every_addon_image_is_one_the_image_families_build():
+    refs = {r for f in yaml.safe_load(Path(artifacts.LOCK.with_name("images.yaml")).read_text())["families"].values()
+            for t in f["tags"].values() for r in t["refs"]}
+    used = set()
+    for name in ("traefik", "metallb", "local-path"):
+        for obj in addons.load(name):
+            spec = (obj.get("spec") or {}).get("template", {}).get("spec", {})
+            used |= {c["image"] for c in spec.get("containers", [])}
+    helper = yaml.safe_load(next(o for o in addons.load("local-path") if o["kind"] == "ConfigMap")
+                            ["data"]["helperPod.yaml"])
+    used |= {c["image"] for c in helper["spec"]["containers"]}
+    assert used - refs == set(), f"images no family in images.yaml provides: {sorted(used - refs)}"
+
+
+def test_the_default_classes_are_traefik_and_local_path():
+    ingress_class = next(o for o in addons.load("traefik") if o["kind"] == "IngressClass")
+    storage_class = next(o for o in addons.load("local-path") if o["kind"] == "StorageClass")
+    assert ingress_class["metadata"]["name"] == "traefik"
+    assert ingress_class["metadata"]["annotations"]["ingressclass.kubernetes.io/is-default-class"] == "true"
+    assert storage_class["metadata"]["name"] == "local-path"
+    assert storage_class["metadata"]["annotations"]["storageclass.kubernetes.io/is-default-class"] == "true"
+
+
+@pytest.mark.artifacts
+def test_the_metallb_manifests_are_the_pinned_modules_own():
+    crds, rest = addons.metallb_upstream(addons.metallb_module_dir())
+    assert addons.load("metallb-crds") == crds, "re-generate: python -m infra.addons --refresh-metallb"
+    assert addons.load("metallb") == rest, "re-generate: python -m infra.addons --refresh-metallb"
+    assert {c["spec"]["names"]["kind"] for c in crds} >= {"IPAddressPool", "L2Advertisement"}
+
+
+# ---- the live cluster -----------------------------------------------------------------------------------
+
+def _cluster_program(with_addons: bool):
+    def run() -> None:
+        spec = spec_mod.from_pulumi_config()
+        cluster = program.Cluster(spec.name, program.ClusterArgs(spec))
+        pulumi.export("admin_kubeconfig", cluster.admin_kubeconfig)
+        if with_addons:
+            used = tuple(m.address for m in spec.machines) + (spec.host_address,)
+            deployed = addons.Addons("addons", addons.AddonsArgs(
+                kubeconfig=cluster.admin_kubeconfig, lb_address_range=LB_RANGE,
+                machine_cidr=str(spec.machine_cidr), used_addresses=used),
+                opts=pulumi.ResourceOptions(depends_on=[cluster]))
+            pulumi.export("ingress_address", deployed.ingress_address)
+            pulumi.export("webhook_wait_seconds", deployed.webhook_wait_seconds)
+    return run
+
+
+class Kube:
+    def __init__(self, kubeconfig: str):
+        self.kubectl = str(artifacts.ensure_go("kubernetes").file("kubectl"))
+        self.kubeconfig = kubeconfig
+
+    def __call__(self, *args: str, input: str | None = None, timeout: float = 120) -> str:
+        proc = subprocess.run([self.kubectl, "--kubeconfig", self.kubeconfig, *args], input=input,
+                              capture_output=True, text=True, timeout=timeout, check=False)
+        if proc.returncode != 0:
+            raise AssertionError(f"kubectl {' '.join(args)} failed: {proc.stderr.strip()}")
+        return proc.stdout
+
+    def apply(self, *objs: dict) -> None:
+        self("apply", "-f", "-", input=yaml.safe_dump_all(objs))
+
+    def get(self, *args: str) -> dict:
+        return json.loads(self("get", "-o", "json", *args))
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    st = stack.select_stack("addons", _cluster_program(False), tmp_path_factory.mktemp("state"), config=CONFIG)
+    try:
+        st.up()
+        started = time.monotonic()
+        outputs = st.up(program=_cluster_program(True)).outputs
+        seconds = time.monotonic() - started
+        print(f"\nadd-ons deployed in {seconds:.1f}s (MetalLB webhooks admitted after "
+              f"{outputs['webhook_wait_seconds'].value}s of it); Traefik at {outputs['ingress_address'].value}")
+        kube = Kube(outputs["admin_kubeconfig"].value)
+        kube("create", "namespace", NS)
+        yield kube, outputs, seconds, st
+    finally:
+        st.destroy()
+        st.workspace.remove_stack("addons")
+        (stack.REPO / "Pulumi.addons.yaml").unlink(missing_ok=True)
+
+
+def _eventually(fn, timeout: float = 120, interval: float = 2):
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return fn()
+        except (AssertionError, OSError, http.client.HTTPException) as e:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"still failing after {timeout:.0f}s: {e}") from e
+            time.sleep(interval)
+
+
+def _http(address: str, port: int, path: str = "/", host: str | None = None,
+          tls_ca: str | None = None) -> tuple[int, str, dict | None]:
+    """GET from this host; with tls_ca, over TLS with SNI=host, verifying the server against tls_ca."""
+    if tls_ca is not None:
+        context = ssl.create_default_context(cadata=tls_ca)
+        context.check_hostname = True
+        raw = socket.create_connection((address, port), timeout=10)
+        sock = context.wrap_socket(raw, server_hostname=host)
+        cert = sock.getpeercert()
+        conn = http.client.HTTPSConnection(host, port, timeout=10, context=context)
+        conn.sock = sock
+    else:
+        cert = None
+        conn = http.client.HTTPConnection(address, port, timeout=10)
+    conn.request("GET", path, headers={"Host": host} if host else {})
+    resp = conn.getresponse()
+    return resp.status, resp.read().decode(errors="replace"), cert
+
+
+def _deployment(name: str, image: str, port: int) -> list[dict]:
+    labels = {"app": name}
+    return [
+        {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name, "namespace": NS},
+         "spec": {"replicas": 1, "selector": {"matchLabels": labels},
+                  "template": {"metadata": {"labels": labels},
+                               "spec": {"containers": [{"name": name, "image": image,
+                                                        "ports": [{"containerPort": port}]}]}}}},
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": NS},
+         "spec": {"selector": labels, "ports": [{"port": 80, "targetPort": port}]}},
+    ]
+
+
+@pytest.mark.artifacts
+@pytest.mark.machines
+def test_addons_deploy_in_bounded_time_and_publish_the_ingress_address(cluster):
+    kube, outputs, seconds, _ = cluster
+    address = outputs["ingress_address"].value
+    first, last = addons.parse_address_range(LB_RANGE)
+    assert first <= ipaddress.IPv4Address(address) <= last, f"Traefik's address {address} is not from {LB_RANGE}"
+    assert seconds < 600, f"the add-ons took {seconds:.0f}s to deploy"
+    for ns, kind, name in (("metallb-system", "deployment", "controller"), ("metallb-system", "daemonset", "speaker"),
+                           ("traefik", "deployment", "traefik"),
+                           ("local-path-storage", "deployment", "local-path-provisioner")):
+        obj = kube.get("-n", ns, kind, name)
+        status = obj["status"]
+        ready = status.get("readyReplicas") if kind == "deployment" else status.get("numberReady")
+        wanted = obj["spec"].get("replicas") if kind == "deployment" else status.get("desiredNumberScheduled")
+        assert ready == wanted, f"{ns}/{kind}/{name}: {ready} of {wanted} ready"
+
+
+@pytest.mark.artifacts
+@pytest.mark.machines
+def test_a_second_pulumi_up_leaves_the_addons_unchanged(cluster):
+    st = cluster[3]
+    result = st.up(program=_cluster_program(True), expect_no_changes=True)
+    assert set(result.summary.resource_changes) == {"same"}, result.summary.resource_changes
+
+
+@pytest.mark.artifacts
+@pytest.mark.machines
+def test_a_load_balancer_service_gets_a_pool_address_that_answers_http_from_the_host(cluster):
+    kube, _, _, _ = cluster
+    objs = _deployment("lb-nginx", "docker.io/library/nginx:latest", 80)
+    objs[1]["spec"]["type"] = "LoadBalancer"
+    kube.apply(*objs)
+
+    def address() -> str:
+        ingress = kube.get("-n", NS, "service", "lb-nginx")["status"].get("loadBalancer", {}).get("ingress")
+        assert ingress, "no LoadBalancer address yet"
+        return ingress[0]["ip"]
+
+    ip = _eventually(address, 60)
+    first, last = addons.parse_address_range(LB_RANGE)
+    assert first <= ipaddress.IPv4Address(ip) <= last, f"{ip} is not from the pool {LB_RANGE}"
+
+    def answers() -> str:
+        status, body, _ = _http(ip, 80)
+        assert status == 200, f"HTTP {status}"
+        return body
+
+    assert "Welcome to nginx!" in _eventually(answers, 120)
+
+
+@pytest.mark.artifacts
+@pytest.mark.machines
+def test_an_ingress_routes_by_host_and_path_through_traefik(cluster):
+    kube, outputs, _, _ = cluster
+    address = outputs["ingress_address"].value
+    kube.apply(*_deployment("web-nginx", "docker.io/library/nginx:latest", 80),
+               *_deployment("web-kubia", "docker.io/luksa/kubia:latest", 8080))
+
+    def path(p: str, service: str) -> dict:
+        return {"path": p, "pathType": "Prefix", "backend": {"service": {"name": service, "port": {"number": 80}}}}
+
+    # No ingressClassName: the default IngressClass (traefik) must be filled in at admission.
+    kube.apply({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "metadata": {"name": "routes", "namespace": NS},
+                "spec": {"rules": [
+                    {"host": "foo.example.com", "http": {"paths": [path("/kubia", "web-kubia"), path("/", "web-nginx")]}},
+                    {"host": "bar.example.com", "http": {"paths": [path("/", "web-kubia")]}}]}})
+    assert kube.get("-n", NS, "ingress", "routes")["spec"].get("ingressClassName") == "traefik"
+
+    def routed() -> None:
+        cases = {("foo.example.com", "/"): "Welcome to nginx!", ("foo.example.com", "/kubia/x"): "You've hit web-kubia",
+                 ("bar.example.com", "/anything"): "You've hit web-kubia"}
+        for (host, p), expected in cases.items():
+            status, body, _ = _http(address, 80, p, host=host)
+            assert status == 200 and expected in body, f"{host}{p}: HTTP {status} {body[:80]!r}"
+        status, _, _ = _http(address, 80, "/", host="nobody.example.com")
+        assert status == 404, f"an unknown host got HTTP {status}, not 404"
+
+    _eventually(routed, 120)
+
+    def published() -> None:
+        ingress = kube.get("-n", NS, "ingress", "routes")["status"].get("loadBalancer", {}).get("ingress") or []
+        assert [i.get("ip") for i in ingress] == [address], f"Ingress status shows {ingress}"
+
+    _eventually(published, 60)
+
+
+def _self_signed(host: str) -> tuple[str, str]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(host)]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption()).decode()
+    return cert.public_bytes(serialization.Encoding.PEM).decode(), key_pem
+
+
+@pytest.mark.artifacts
+@pytest.mark.machines
+def test_an_ingress_serves_tls_with_the_certificate_from_its_secret(cluster):
+    kube, outputs, _, _ = cluster
+    address = outputs["ingress_address"].value
+    host = "secure.example.com"
+    cert, key = _self_signed(host)
+    kube.apply(*_deployment("tls-kubia", "docker.io/luksa/kubia:latest", 8080),
+               {"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+                "metadata": {"name": "secure-tls", "namespace": NS},
+                "stringData": {"tls.crt": cert, "tls.key": key}},
+               {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+                "metadata": {"name": "secure", "namespace": NS},
+                "spec": {"ingressClassName": "traefik", "tls": [{"hosts": [host], "secretName": "secure-tls"}],
+                         "rules": [{"host": host, "http": {"paths": [
+                             {"path": "/", "pathType": "Prefix",
+                              "backend": {"service": {"name": "tls-kubia", "port": {"number": 80}}}}]}}]}})
+
+    def served() -> dict:
+        # Verification against the Secret's own certificate proves Traefik served exactly it, by SNI.
+        status, body, peer = _http(address, 443, "/", host=host, tls_ca=cert)
+        assert status == 200 and "You've hit tls-kubia" in body, f"HTTP {status} {body[:80]!r}"
+        return peer
+
+    peer = _eventually(served, 120)
+    assert dict(x[0] for x in peer["subject"])["commonName"] == host
+
+
+@pytest.mark.artifacts
+@pytest.mark.machines
+def test_a_claim_on_the_default_class_binds_and_its_data_survives_the_pod(cluster):
+    kube, _, _, _ = cluster
+    claim = {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "data", "namespace": NS},
+             "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "64Mi"}}}}
+
+    def pod(name: str, command: str) -> dict:
+        return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": NS},
+                "spec": {"restartPolicy": "Never",
+                         "containers": [{"name": "c", "image": "docker.io/library/busybox:latest",
+                                         "command": ["sh", "-c", command],
+                                         "volumeMounts": [{"name": "data", "mountPath": "/data"}]}],
+                         "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "data"}}]}}
+
+    kube.apply(claim, pod("writer", "echo kept-across-pods > /data/proof && cat /data/proof"))
+    kube("wait", "-n", NS, "--for=jsonpath={.status.phase}=Succeeded", "pod/writer", "--timeout=180s", timeout=200)
+    bound = kube.get("-n", NS, "pvc", "data")
+    assert bound["status"]["phase"] == "Bound"
+    assert bound["spec"]["storageClassName"] == "local-path", "the claim did not get the default class"
+    kube("delete", "-n", NS, "pod", "writer", "--wait=true")
+    kube.apply(pod("reader", "cat /data/proof"))
+    kube("wait", "-n", NS, "--for=jsonpath={.status.phase}=Succeeded", "pod/reader", "--timeout=120s", timeout=140)
+    assert kube("logs", "-n", NS, "reader").strip() == "kept-across-pods"
