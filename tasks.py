@@ -175,6 +175,25 @@ def ci_up(c, stack="dev"):
     print(path)
 
 
+@task(name="verify", help={"stack": "Pulumi stack whose workloads to check",
+                           "only": "comma-separated sample ids to check (e.g. W13,W57); default: all"})
+def verify_workloads(c, stack="dev", only=None):
+    """Check every sample workload behaves as the notes say; one PASS/FAIL line each, non-zero exit on a failure."""
+    from infra import artifacts as arts, workloads as wl
+
+    outputs = _stack(stack).outputs()
+    if "ingress_address" not in outputs:
+        raise Exit(f"stack {stack} has no workloads: run `invoke up --stack {stack}` first")
+    kubectl = str(arts.ensure_go("kubernetes", log=lambda _m: None).file("kubectl"))
+    results = wl.verify(outputs["admin_kubeconfig"].value, kubectl=kubectl,
+                        ingress_address=outputs["ingress_address"].value,
+                        only=set(only.split(",")) if only else None)
+    failed = [r.workload for r in results if not r.ok]
+    print(f"{len(results) - len(failed)} passed, {len(failed)} failed")
+    if failed:
+        raise Exit(code=1)
+
+
 @task(help={"k": "only run tests matching this pytest -k expression",
             "fast": "only the unit tests (no artifacts, no machines)"})
 def test(c, k=None, fast=False):
@@ -190,4 +209,5 @@ def test(c, k=None, fast=False):
         raise Exit(code=code)
 
 
-ns = Collection(deps, artifacts, up, preview, down, playbook, status, kubeconfig, ci_up, machines, ssh, test)
+ns = Collection(deps, artifacts, up, preview, down, playbook, status, kubeconfig, ci_up, machines, ssh, test,
+               Collection("workloads", verify_workloads))

@@ -8,11 +8,12 @@ from pathlib import Path
 import pulumi
 from pulumi import Output, ResourceOptions, dynamic
 
-from infra import addons, artifacts, configure, spec as spec_mod
+from infra import addons, artifacts, configure, spec as spec_mod, workloads
 from infra.artifacts import images, registry
 from infra.machines import provider as local_provider
 
 REGISTRY_PORT = 5000
+REPO = Path(__file__).resolve().parent.parent
 
 
 def registry_endpoint(spec: spec_mod.ClusterSpec) -> str:
@@ -152,6 +153,12 @@ def main() -> None:
         kubeconfig=cluster.admin_kubeconfig, lb_address_range=load_balancer_range(spec),
         machine_cidr=str(spec.machine_cidr), used_addresses=used), opts=ResourceOptions(depends_on=[cluster]))
     pulumi.export("ingress_address", cluster_addons.ingress_address)
+    # The notes' sample workloads, after the add-ons they need (ingress, LoadBalancer, storage).
+    workloads.Samples(f"{spec.name}-samples", workloads.SamplesArgs(
+        kubeconfig=workloads.kubeconfig_content(cluster.admin_kubeconfig), manifests_dir=REPO / "workloads",
+        keys_dir=cluster_dir(spec) / "workload-keys",
+        node_labels=workloads.default_node_labels([m.name for m in spec.workers])),
+        ResourceOptions(depends_on=[cluster, cluster_addons]))
     pulumi.export("admin_kubeconfig", cluster.admin_kubeconfig)
     pulumi.export("inventory", cluster.inventory)
     pulumi.export("playbook_vars", cluster.playbook_vars)  # with the inventory: what `invoke playbook` re-runs

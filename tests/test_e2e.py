@@ -1,4 +1,5 @@
-"""End to end: from no machines to a healthy HA cluster with `pulumi up`, a no-op re-run, then a clean host.
+"""End to end: from no machines to a healthy HA cluster running every sample workload with one `pulumi up`,
+every workload verified, a no-op re-run, then a clean host.
 
 The default topology (3 masters with stacked etcd, 2 workers, 1 haproxy LB) under its own name and network,
 so a developer's `dev` stack is never touched.
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from infra import artifacts, configure, program, spec as spec_mod, stack, status
+from infra import artifacts, configure, program, spec as spec_mod, stack, status, workloads
 from infra.machines import local
 
 pytestmark = [pytest.mark.artifacts, pytest.mark.machines]
@@ -47,6 +48,15 @@ def test_every_component_is_healthy_through_the_load_balancer(cluster):
     server = next(line for line in Path(outputs["admin_kubeconfig"].value).read_text().splitlines()
                   if "server:" in line)
     assert server.strip() == f"server: https://{spec.api_address}:6443"
+
+
+def test_every_sample_workload_behaves_as_the_notes_say(cluster):
+    _, _, outputs = cluster
+    results = workloads.verify(outputs["admin_kubeconfig"].value,
+                               kubectl=str(artifacts.ensure_go("kubernetes").file("kubectl")),
+                               ingress_address=outputs["ingress_address"].value)
+    assert len(results) >= 60
+    assert [f"{r.workload}: {r.reason}" for r in results if not r.ok] == []
 
 
 def test_a_second_pulumi_up_changes_nothing(cluster):
