@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -61,10 +63,22 @@ def run_playbook(inventory: dict, extravars: dict, ssh_private_key: str, log_dir
     return RunResult(sum(stats.get("changed", {}).values()), failed, time.monotonic() - started, log)
 
 
+def _run_in_fresh_process(props: dict) -> RunResult:
+    """ansible-runner forks through pexpect, which is unsafe inside the provider's gRPC server process (seen
+    here: the child lost its file descriptors and the run ended with no exit code). A new interpreter has
+    no gRPC threads to inherit."""
+    job = json.dumps({k: props[k] for k in ("inventory", "extravars", "ssh_private_key", "log_dir")})
+    proc = subprocess.run([sys.executable, "-m", "infra.configure"], input=job, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise PlaybookError(proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else
+                            f"the playbook runner exited with {proc.returncode}")
+    out = json.loads(proc.stdout)
+    return RunResult(out["changed"], [], out["seconds"], Path(out["log"]))
+
+
 class _PlaybookProvider(dynamic.ResourceProvider):
     def _run(self, props: dict) -> dict:
-        result = run_playbook(json.loads(props["inventory"]), json.loads(props["extravars"]),
-                              props["ssh_private_key"], Path(props["log_dir"]))
+        result = _run_in_fresh_process(props)
         return {**props, "changed": result.changed, "log": str(result.log)}
 
     def create(self, props):
@@ -94,3 +108,14 @@ class Playbook(dynamic.Resource):
             "log_dir": log_dir, "roles_digest": roles_digest(), "changed": None, "log": None,
         }, opts)
 
+
+
+if __name__ == "__main__":
+    # One playbook run for the Pulumi resource: the job as JSON on stdin, the result as JSON on stdout.
+    args = json.load(sys.stdin)
+    try:
+        done = run_playbook(json.loads(args["inventory"]), json.loads(args["extravars"]), args["ssh_private_key"],
+                            Path(args["log_dir"]))
+    except PlaybookError as exc:
+        sys.exit(str(exc))
+    print(json.dumps({"changed": done.changed, "seconds": done.seconds, "log": str(done.log)}))
