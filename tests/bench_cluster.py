@@ -2,8 +2,8 @@
 
     .venv/bin/python tests/bench_cluster.py [--out DIR]
 
-Phases: artifacts (warm cache), machines SSH-ready, cluster configured (playbook) and all nodes Ready, workloads
-verified (when the workloads layer is wired into the program), a no-op `pulumi up`, adding one worker, destroy.
+Phases: artifacts (warm cache), machines SSH-ready, the whole `pulumi up` (playbook, add-ons, sample workloads)
+and all nodes Ready, every workload verified, a no-op `pulumi up`, adding one worker, destroy.
 It uses its own stack and network (cluster `phbench`, 10.75.0.0/24), so it never touches the `dev` stack.
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from infra import artifacts, program, stack  # noqa: E402
+from infra import artifacts, program, stack, workloads  # noqa: E402
 
 CONFIG = {"pilothouse:clusterName": "phbench", "pilothouse:machineCidr": "10.75.0.0/24"}
 
@@ -74,7 +74,12 @@ def main() -> None:
             kubeconfig = outputs["admin_kubeconfig"].value
             nodes_ready(kubectl, kubeconfig, 5)
             tl.phase("cluster ready (all nodes Ready)", began)
-            tl.phase("  of which registry + playbook", max(machines_done), configured)
+            tl.phase("  of which registry + playbook + add-ons + samples", max(machines_done), configured)
+
+            began = time.monotonic()
+            results = workloads.verify(kubeconfig, kubectl=kubectl, ingress_address=outputs["ingress_address"].value,
+                                       echo=lambda _line: None)
+            tl.phase(f"workloads verified ({sum(r.ok for r in results)}/{len(results)} pass)", began)
 
             began = time.monotonic()
             st.up(expect_no_changes=True)
