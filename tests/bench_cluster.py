@@ -73,8 +73,8 @@ def main() -> None:
             tl.phase("machines SSH-ready (6)", began, max(machines_done))
             kubeconfig = outputs["admin_kubeconfig"].value
             nodes_ready(kubectl, kubeconfig, 5)
-            tl.phase("cluster ready (all nodes Ready)", began)
-            tl.phase("  of which registry + playbook + add-ons + samples", max(machines_done), configured)
+            tl.phase("pulumi up done, all nodes Ready", began)
+            tl.phase("  after machines: registry, playbook, add-ons, samples", max(machines_done), configured)
 
             began = time.monotonic()
             results = workloads.verify(kubeconfig, kubectl=kubectl, ingress_address=outputs["ingress_address"].value,
