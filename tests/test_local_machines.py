@@ -113,6 +113,17 @@ def test_the_host_takes_the_first_address_of_the_machine_network():
     assert str(host.bridge_address(spec.network)) == "10.251.7.1/24"
 
 
+def test_cgroup_hierarchies_ignore_a_parallel_nspawns_transient_mount():
+    # systemd-nspawn mounts a cgroup2 under /tmp while it starts; a machine created at that moment
+    # once tried to make its cgroup there and failed when the mount vanished.
+    mounts = ("cgroup /sys/fs/cgroup/memory cgroup rw,memory 0 0\n"
+              "cgroup /sys/fs/cgroup/systemd cgroup rw,name=systemd 0 0\n"
+              "cgroup2 /sys/fs/cgroup/unified cgroup2 rw 0 0\n"
+              "cgroup2 /tmp/unifieddNk8vn cgroup2 rw 0 0\n")
+    assert host.cgroup_hierarchies(mounts) == [Path("/sys/fs/cgroup/memory"), Path("/sys/fs/cgroup/systemd"),
+                                               Path("/sys/fs/cgroup/unified")]
+
+
 # --- real machines ----------------------------------------------------------------------------------
 
 @pytest.mark.machines

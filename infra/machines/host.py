@@ -148,16 +148,20 @@ def remove_bridge_if_unused(bridge: str) -> bool:
 
 # --- cgroups (v1) -----------------------------------------------------------------------------------
 
-def cgroup_hierarchies() -> list[Path]:
+def cgroup_hierarchies(mounts: str | None = None) -> list[Path]:
     """Mount points of every cgroup hierarchy: each v1 controller, name=systemd, and the v2 one if mounted.
 
     The v2 one matters even though machines use v1: systemd-nspawn places its supervisor and payload
     cgroups relative to its own v2 cgroup, so a machine left at the v2 root would share them with others.
     """
     found = []
-    for line in Path("/proc/self/mounts").read_text().splitlines():
+    if mounts is None:
+        mounts = Path("/proc/self/mounts").read_text()
+    for line in mounts.splitlines():
         fields = line.split()
-        if fields[2] in ("cgroup", "cgroup2"):
+        # Only the host's hierarchies: a systemd-nspawn starting in parallel briefly mounts its own
+        # cgroup2 under /tmp/unifiedXXXXXX, which is gone by the time we would use it.
+        if fields[2] in ("cgroup", "cgroup2") and Path(fields[1]).parent == CGROUP_ROOT:
             found.append(Path(fields[1]))
     if not any(p.name == "systemd" for p in found):
         raise HostSetupError("no name=systemd cgroup v1 hierarchy is mounted; systemd-nspawn needs one: "
