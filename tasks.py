@@ -1,6 +1,7 @@
 """invoke tasks: the day-to-day commands. `invoke --list` shows them, `invoke --help <task>` explains one."""
 from __future__ import annotations
 
+import contextlib
 import shutil
 import subprocess
 import sys
@@ -66,6 +67,22 @@ def up(c, stack="dev", refresh=False):
         st.refresh(on_output=_stream)
     result = st.up(on_output=_stream)
     print(f"\nadmin kubeconfig: {result.outputs['admin_kubeconfig'].value}")
+
+
+@task
+def env(c):
+    """Print shell exports for running the `pulumi` CLI itself: `eval "$(.venv/bin/invoke env)"; pulumi up`.
+
+    They put the built CLI and language host first on PATH and point it at this checkout's file backend
+    (.pulumi/), offline, with the venv's Python running the program and its dynamic providers."""
+    import shlex
+
+    from infra import stack  # imported late, like _stack
+
+    with contextlib.redirect_stdout(sys.stderr):  # a first run's build messages must not reach `eval`
+        exports = stack.pulumi_env(stack.REPO / ".pulumi")
+    for key, value in exports.items():
+        print(f"export {key}={shlex.quote(value)}")
 
 
 @task(help={"stack": "Pulumi stack to check"})
@@ -209,5 +226,5 @@ def test(c, k=None, fast=False):
         raise Exit(code=code)
 
 
-ns = Collection(deps, artifacts, up, preview, down, playbook, status, kubeconfig, ci_up, machines, ssh, test,
+ns = Collection(deps, artifacts, env, up, preview, down, playbook, status, kubeconfig, ci_up, machines, ssh, test,
                Collection("workloads", verify_workloads))

@@ -1,6 +1,6 @@
-"""Entry point for `pulumi up` run by the Pulumi CLI's Python language host, where one is installed.
+"""Entry point for plain `pulumi up` (the CLI's Python language host runs this file).
 
-Offline, `invoke up` runs the same program through the Automation API (see infra/stack.py).
+`invoke up` runs the same program through the Automation API (see infra/stack.py).
 """
 import sys
 from pathlib import Path

@@ -1,13 +1,14 @@
-"""Drive the real Pulumi CLI offline through the Automation API.
+"""Drive the real Pulumi CLI offline: a file backend, no update check, no plugin downloads.
 
-The Python language host (`pulumi-language-python`) cannot be built here: the Go module proxy this
-machine reaches does not serve its module. Automation API *inline* programs need no language host: the
-Python process serves the program to the CLI itself. Everything else is the stock CLI with a file backend,
-and Python dynamic providers run through the SDK's `pulumi-resource-pulumi-python` script.
+`invoke up` runs the program through the Automation API as an *inline* program (the Python process serves
+it to the CLI). Plain `pulumi up` runs the same program (infra/__main__.py) through the Python language host;
+both keep their state in the same backend, so either sees what the other did. Python dynamic providers run
+through the SDK's `pulumi-resource-pulumi-python` script.
 """
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,16 +17,39 @@ from typing import Callable
 from pulumi import automation as auto
 
 from infra import artifacts
+from infra.artifacts import store
 
 REPO = Path(__file__).resolve().parent.parent
 
 
+def pulumi_tools() -> Path:
+    """One directory holding the CLI with its language host beside it, the layout of upstream's archive.
+
+    The CLI runs its Python language host only from its own directory ("bundled") or, with a warning on
+    every command, from PATH; the two are separate artifacts, so they are hard-linked together here.
+    """
+    entries = [artifacts.ensure_go(name) for name in ("pulumi", "pulumi-language-python")]
+    tools = store.cache_root() / "pulumi-tools" / "-".join(e.path.name for e in entries)
+    if not tools.is_dir():
+        staging = tools.with_name(tools.name + f".tmp{os.getpid()}")
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        for entry in entries:
+            for name in entry.files:
+                os.link(entry.file(name), staging / name)
+        staging.rename(tools)
+        for stale in tools.parent.iterdir():  # an older pin's links would keep its files on disk
+            if stale != tools and ".tmp" not in stale.name:
+                shutil.rmtree(stale, ignore_errors=True)
+    return tools
+
+
 def pulumi_env(state_dir: Path) -> dict[str, str]:
     """Environment for an offline CLI: file backend, no update check, no plugin downloads."""
-    tools = artifacts.ensure_go("pulumi").path
+    tools = pulumi_tools()
     state_dir.mkdir(parents=True, exist_ok=True)
     env = {
-        "PATH": f"{tools}{os.pathsep}{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "PATH": os.pathsep.join([str(tools), str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
         "PULUMI_HOME": str(state_dir / "home"),
         "PULUMI_BACKEND_URL": f"file://{state_dir}",
         "PULUMI_SKIP_UPDATE_CHECK": "true",

@@ -4,10 +4,12 @@ from __future__ import annotations
 import copy
 import hashlib
 import http.server
+import io
 import json
 import os
 import socket
 import subprocess
+import tarfile
 import threading
 import time
 import types
@@ -219,6 +221,35 @@ def test_download_with_a_wrong_checksum_is_refused_and_nothing_is_cached(release
     with pytest.raises(artifacts.ArtifactError, match="does not match"):
         artifacts.ensure_go("kubernetes", _download_lock(lock, url))
     assert not any((tmp_path / "cache" / "artifacts" / "kubernetes").iterdir())
+
+
+def test_download_takes_the_language_host_and_its_script_from_the_cli_archive(lock, tmp_path, monkeypatch):
+    """Upstream ships pulumi-language-python inside the CLI's tarball: a download fetches the CLI's release
+    (v3.259.0, not the v3.79.0 built here) and takes the exec script from the same archive."""
+    monkeypatch.setenv("PILOTHOUSE_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "releases"
+    root.mkdir()
+    archive = root / "pulumi-v3.259.0-linux-x64.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for name, body in (("pulumi/pulumi-language-python", b"\x7fELF stamped v3.259.0"),
+                           ("pulumi/pulumi-language-python-exec", b"#!/usr/bin/env python\n")):
+            info = tarfile.TarInfo(name)
+            info.size = len(body)
+            tar.addfile(info, io.BytesIO(body))
+    (root / (archive.name + ".sha256")).write_text(hashlib.sha256(archive.read_bytes()).hexdigest())
+    handler = lambda *a: http.server.SimpleHTTPRequestHandler(*a, directory=str(root))  # noqa: E731
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        dl = copy.deepcopy(lock)
+        dl["source"] = "download"
+        spec = dl["go"]["pulumi-language-python"]
+        spec["download"]["url"] = f"http://127.0.0.1:{server.server_address[1]}/pulumi-{{version}}-linux-x64.tar.gz"
+        entry = artifacts.ensure_go("pulumi-language-python", dl)
+    finally:
+        server.shutdown()
+    assert set(entry.files) == {"pulumi-language-python", "pulumi-language-python-exec"}
+    assert entry.file("pulumi-language-python-exec").read_bytes().startswith(b"#!")
 
 
 def test_export_writes_every_file_with_a_checksum_list(built, tmp_path):

@@ -6,6 +6,7 @@ so a developer's `dev` stack is never touched.
 """
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -63,6 +64,16 @@ def test_a_second_pulumi_up_changes_nothing(cluster):
     st, _, _ = cluster
     result = st.up(expect_no_changes=True)
     assert set(result.summary.resource_changes) == {"same"}
+
+
+def test_plain_pulumi_preview_runs_the_same_program_and_sees_no_change(cluster):
+    """The `pulumi` CLI itself, through its language host, on the state `invoke up` left: same program,
+    same resources, nothing to do."""
+    st, _, _ = cluster
+    proc = subprocess.run(["pulumi", "--non-interactive", "preview", "--stack", "e2e", "--expect-no-changes"],
+                          cwd=stack.REPO, env={**os.environ, **st.workspace.env_vars},
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
 
 def test_a_second_playbook_run_reports_no_change(cluster):

@@ -12,7 +12,7 @@ import time
 import dill
 import pytest
 from pulumi.dynamic.dynamic import serialize_provider
-from pulumi.runtime.rpc import UNKNOWN
+from pulumi.output import UNKNOWN
 
 from infra.machines import keys, local
 from infra.machines.provider import LocalMachineProvider, SshKeyProvider
@@ -50,6 +50,8 @@ def test_check_refuses_an_address_outside_the_cidr_and_missing_inputs(key):
     assert failures and "outside 10.251.9.0/24" in failures[0].reason
     failures = LocalMachineProvider().check({}, props(key, ssh_private_key="")).failures
     assert [f.property for f in failures] == ["ssh_private_key"]
+    # A fresh stack's preview passes the key as unknown: the provider host hands over the Unknown object.
+    assert LocalMachineProvider().check({}, props(key, ssh_public_key=UNKNOWN)).failures == []
     assert LocalMachineProvider().check({}, props(key, address=UNKNOWN)).failures == []
     assert LocalMachineProvider().check({}, props(key)).failures == []
 

@@ -60,3 +60,60 @@ def test_the_kubernetes_provider_plugin_is_installed_offline(tmp_path):
                             capture_output=True, text=True, check=True).stdout
     row = next(line for line in listed.splitlines() if line.startswith("kubernetes"))
     assert "resource" in row and "4.25.0-alpha.1768448096" in row
+
+
+PLAIN_PROGRAM = '''
+from pathlib import Path
+
+import pulumi
+from pulumi import dynamic
+
+
+class FileProvider(dynamic.ResourceProvider):
+    def create(self, props):
+        Path(props["path"]).write_text(props["text"])
+        return dynamic.CreateResult(id_=props["path"], outs=props)
+
+    def delete(self, id_, props):
+        Path(id_).unlink(missing_ok=True)
+
+
+class Note(dynamic.Resource):
+    def __init__(self, name, path, text):
+        super().__init__(FileProvider(), name, {"path": path, "text": text})
+
+
+target = pulumi.Config().require("target")
+Note("note", target, "ahoy")
+pulumi.export("path", target)
+'''
+
+
+def test_plain_pulumi_up_runs_a_program_through_the_built_language_host(tmp_path):
+    """`pulumi up` itself (no Automation API): the CLI starts the language host built from sdk/v3, which runs
+    the program with the venv's Python, as `eval "$(invoke env)"; pulumi up` does in the checkout."""
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "Pulumi.yaml").write_text("name: plain\nruntime: python\n")
+    (project / "__main__.py").write_text(PLAIN_PROGRAM)
+    target = tmp_path / "made-by-plain-pulumi.txt"
+    env = dict(os.environ, **stack.pulumi_env(tmp_path / "state"))
+
+    def pulumi_cli(*args: str) -> str:
+        proc = subprocess.run(["pulumi", "--non-interactive", *args], cwd=project, env=env,
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "from $PATH" not in proc.stdout + proc.stderr  # the host is found beside the CLI
+        return proc.stdout
+
+    pulumi_cli("stack", "init", "plain")
+    try:
+        pulumi_cli("config", "set", "target", str(target))
+        pulumi_cli("up", "--yes")
+        assert target.read_text() == "ahoy"
+        assert pulumi_cli("stack", "output", "path").strip() == str(target)
+        pulumi_cli("preview", "--expect-no-changes")
+    finally:
+        pulumi_cli("destroy", "--yes")
+        pulumi_cli("stack", "rm", "--yes", "plain")
+    assert not target.exists()

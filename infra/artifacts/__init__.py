@@ -27,9 +27,12 @@ def _key(name: str, spec: dict, source: str) -> str:
     return recipe_key(spec["version"], source, spec, inspect.getsource(gobuild), inspect.getsource(download))
 
 
-def verify_version(entry_dir: Path, spec: dict) -> None:
+def verify_version(entry_dir: Path, spec: dict, source: str = "build") -> None:
     """Every binary must report the pinned version; a v0.0.0 means the version stamps were lost."""
-    wanted = spec.get("release", spec["version"]).lstrip("v")
+    wanted = spec.get("release", spec["version"])
+    if source == "download":
+        wanted = spec["download"].get("version", wanted)
+    wanted = wanted.lstrip("v")
     for binary in spec["binaries"]:
         args = spec.get("version_commands", {}).get(binary, spec["version_command"])
         if args is None:
@@ -58,7 +61,7 @@ def ensure_go(name: str, lock: dict | None = None, log=print) -> Entry:
             gobuild.build(name, spec, staging, log=log)
         else:
             download.fetch(name, spec, staging, log=log)
-        verify_version(staging, spec)
+        verify_version(staging, spec, source)
         return commit(name, key, spec["version"], staging)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

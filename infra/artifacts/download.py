@@ -29,9 +29,15 @@ def _expected(url: str, pinned: dict, filename: str) -> str:
     return _get(url + ".sha256").decode().split()[0]
 
 
+def version(spec: dict) -> str:
+    """The upstream release to fetch: the pin, unless upstream ships this artifact inside another release."""
+    return spec["download"].get("version", spec["version"])
+
+
 def fetch(name: str, spec: dict, out: Path, log=print) -> None:
     dl = spec["download"]
-    fields = {"version": spec["version"], "bare_version": spec["version"].lstrip("v")}
+    fields = {"version": version(spec), "bare_version": version(spec).lstrip("v"),
+              "release": spec.get("release", spec["version"])}
     pinned = dl.get("sha256", {})
     urls = {dl["url"].format(binary=b, **fields) for b in spec["binaries"]}
     for url in sorted(urls):
@@ -43,13 +49,15 @@ def fetch(name: str, spec: dict, out: Path, log=print) -> None:
             raise ArtifactError(f"{filename}: sha256 {got} does not match the expected {want}; "
                                 "the download is corrupt or the pin is wrong. Nothing was cached.")
         if filename.endswith((".tar.gz", ".tgz")):
-            _extract(data, spec["binaries"], out, filename)
+            # Upstream archives carry the scripts a build takes from module files next to the binaries.
+            scripts = [f for files in spec.get("module_files", {}).values() for f in files]
+            _extract(data, [*spec["binaries"], *scripts], out, filename)
         else:
             (out / filename).write_bytes(data)
             (out / filename).chmod(0o755)
 
 
-def _extract(data: bytes, binaries: dict, out: Path, filename: str) -> None:
+def _extract(data: bytes, binaries: list[str], out: Path, filename: str) -> None:
     with tarfile.open(fileobj=io.BytesIO(data)) as tar:
         members = {Path(m.name).name: m for m in tar.getmembers() if m.isfile()}
         for binary in binaries:

@@ -117,8 +117,10 @@ def build(name: str, spec: dict, out: Path, log=print) -> None:
             log(f"  {name}: compiling {binary} ({time.monotonic() - started:.0f}s)")
             _run(["go", "build", "-trimpath", "-ldflags", flags,
                   "-o", str(out / binary), _package(spec, path)], work, env, f"building {binary}")
-        for module, files in spec.get("module_files", {}).items():
-            source = _module_dir(module, spec["version"], work, env)
+        for key, files in spec.get("module_files", {}).items():
+            # `module@version` takes the files from another release of the module than the one built.
+            module, _, version = key.partition("@")
+            source = _module_dir(module, version or spec["version"], work, env)
             for name, rel in files.items():
                 shutil.copyfile(source / rel, out / name)
                 (out / name).chmod(0o755)

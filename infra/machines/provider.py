@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import pulumi
-from pulumi.runtime.rpc import UNKNOWN
 from pulumi.dynamic import (CheckFailure, CheckResult, CreateResult, DiffResult, ReadResult, Resource,
                             ResourceProvider, UpdateResult)
 
@@ -46,8 +45,8 @@ class LocalMachineProvider(ResourceProvider):
         missing = [k for k in (*REPLACE_ON, "ssh_private_key") if not news.get(k)]
         if missing:
             return CheckResult(news, [CheckFailure(k, f"{k} is required") for k in missing])
-        if any(news[k] == UNKNOWN for k in REPLACE_ON):
-            return CheckResult(news, [])  # computed later (during preview); checked again at create
+        if not all(isinstance(news[k], str) for k in REPLACE_ON):
+            return CheckResult(news, [])  # unknown until an earlier resource exists (preview); checked at create
         try:
             spec_from_props(news)
         except (MachineSpecError, ValueError) as e:
