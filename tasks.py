@@ -9,29 +9,28 @@ from pathlib import Path
 
 from invoke import Collection, Exit, task
 
-# Debian packages the host needs: toolchains for the artifacts, nspawn + debootstrap for the local
-# machines, and the image/registry tools. Installed by `invoke deps` (every other task calls it).
-HOST_PACKAGES = {
-    "gcc": "gcc", "openssl": "openssl", "ip": "iproute2", "debootstrap": "debootstrap",
-    "systemd-nspawn": "systemd-container", "umoci": "umoci", "skopeo": "skopeo", "runc": "runc",
-    "docker-registry": "docker-registry", "ssh": "openssh-client",
-}
+# Debian packages beyond what the machines and images install for themselves on first use: the C compiler
+# and openssl for the artifacts and the PKI, the ssh client for `invoke ssh`.
+TOOL_PACKAGES = ("gcc", "openssl", "openssh-client")
 
 
 @task(help={"quiet": "print nothing when everything is already installed"})
 def deps(c, quiet=False):
     """Install the Debian packages the host needs (apt-get, only what is missing)."""
-    missing = sorted({pkg for tool, pkg in HOST_PACKAGES.items() if shutil.which(tool) is None})
     if shutil.which("go") is None:
         raise Exit("Go is missing: install Go >= 1.24 (Debian bookworm's golang is too old; use the official "
                    "tarball or backports), or set `source: download` in infra/artifacts/lock.yaml.")
-    if not missing:
-        if not quiet:
-            print("host packages: all present")
-        return
-    print(f"installing Debian packages: {' '.join(missing)}")
-    c.run("apt-get update -qq", pty=False)
-    c.run(f"DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends {' '.join(missing)}")
+    from infra import debian  # imported late, like _stack
+    from infra.artifacts import images
+    from infra.machines import host
+
+    wanted = [*TOOL_PACKAGES, *host.HOST_PACKAGES, *images.HOST_PACKAGES.values()]
+    try:
+        installed = debian.ensure(wanted, RuntimeError, log=print)
+    except RuntimeError as exc:
+        raise Exit(str(exc), code=1) from exc
+    if not installed and not quiet:
+        print("host packages: all present")
 
 
 @task(help={"list": "print name, version, sha256 and path of every artifact",

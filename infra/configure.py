@@ -40,15 +40,34 @@ class RunResult:
     log: Path
 
 
+def added_workers(old_inventory: dict, new_inventory: dict) -> list[str]:
+    """The hosts `new_inventory` adds to `old_inventory` as plain workers, when that is all it changes;
+    otherwise [] (anything else needs the whole of site.yml)."""
+    old, new = old_inventory["all"], new_inventory["all"]
+    added = sorted(set(new["hosts"]) - set(old["hosts"]))
+    if not added or old["vars"] != new["vars"] or any(new["hosts"].get(h) != v for h, v in old["hosts"].items()):
+        return []
+    for group in set(old["children"]) | set(new["children"]):
+        before = set(old["children"].get(group, {}).get("hosts", {}))
+        after = set(new["children"].get(group, {}).get("hosts", {}))
+        if after != before | (set(added) if group == "kube_node" else set()):
+            return []
+    return added
+
+
 def run_playbook(inventory: dict, extravars: dict, ssh_private_key: str, log_dir: Path,
-                 quiet: bool = True) -> RunResult:
-    """Run roles/site.yml against the inventory; raise PlaybookError naming the failed hosts."""
+                 quiet: bool = True, scale_nodes: list[str] | None = None) -> RunResult:
+    """Run roles/site.yml against the inventory, or roles/scale.yml when only `scale_nodes` (new workers)
+    need configuring; raise PlaybookError naming the failed hosts."""
     log_dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
+    playbook = "site.yml"
+    if scale_nodes:
+        playbook, extravars = "scale.yml", {**extravars, "pilothouse_scale_nodes": scale_nodes}
     with tempfile.TemporaryDirectory(prefix="pilothouse-ansible-") as private:
         env = {"ANSIBLE_CONFIG": str(ROLES / "ansible.cfg"), "ANSIBLE_ROLES_PATH": str(ROLES)}
         result = ansible_runner.run(
-            private_data_dir=private, playbook=str(ROLES / "site.yml"), inventory=inventory,
+            private_data_dir=private, playbook=str(ROLES / playbook), inventory=inventory,
             extravars=extravars, ssh_key=ssh_private_key, envvars=env, quiet=quiet,
             project_dir=str(ROLES), artifact_dir=str(log_dir / "runs"), rotate_artifacts=5,
         )
@@ -63,11 +82,12 @@ def run_playbook(inventory: dict, extravars: dict, ssh_private_key: str, log_dir
     return RunResult(sum(stats.get("changed", {}).values()), failed, time.monotonic() - started, log)
 
 
-def _run_in_fresh_process(props: dict) -> RunResult:
+def _run_in_fresh_process(props: dict, scale_nodes: list[str]) -> RunResult:
     """ansible-runner forks through pexpect, which is unsafe inside the provider's gRPC server process (seen
     here: the child lost its file descriptors and the run ended with no exit code). A new interpreter has
     no gRPC threads to inherit."""
-    job = json.dumps({k: props[k] for k in ("inventory", "extravars", "ssh_private_key", "log_dir")})
+    job = json.dumps({**{k: props[k] for k in ("inventory", "extravars", "ssh_private_key", "log_dir")},
+                      "scale_nodes": scale_nodes})
     proc = subprocess.run([sys.executable, "-m", "infra.configure"], input=job, capture_output=True, text=True)
     if proc.returncode != 0:
         raise PlaybookError(proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else
@@ -77,8 +97,8 @@ def _run_in_fresh_process(props: dict) -> RunResult:
 
 
 class _PlaybookProvider(dynamic.ResourceProvider):
-    def _run(self, props: dict) -> dict:
-        result = _run_in_fresh_process(props)
+    def _run(self, props: dict, scale_nodes: list[str] | None = None) -> dict:
+        result = _run_in_fresh_process(props, scale_nodes or [])
         return {**props, "changed": result.changed, "log": str(result.log)}
 
     def create(self, props):
@@ -90,7 +110,10 @@ class _PlaybookProvider(dynamic.ResourceProvider):
         return dynamic.DiffResult(changes=bool(changed), replaces=[], delete_before_replace=False)
 
     def update(self, id_, olds, news):
-        return dynamic.UpdateResult(outs=self._run(news))
+        # New workers and nothing else (the common "add a node"): configure just them and the pod routes.
+        same = all(olds.get(k) == news.get(k) for k in ("extravars", "roles_digest", "ssh_private_key"))
+        workers = added_workers(json.loads(olds["inventory"]), json.loads(news["inventory"])) if same else []
+        return dynamic.UpdateResult(outs=self._run(news, workers))
 
     def delete(self, id_, props):
         # Nothing to undo on the machines: they are destroyed with the stack.
@@ -115,7 +138,7 @@ if __name__ == "__main__":
     args = json.load(sys.stdin)
     try:
         done = run_playbook(json.loads(args["inventory"]), json.loads(args["extravars"]), args["ssh_private_key"],
-                            Path(args["log_dir"]))
+                            Path(args["log_dir"]), scale_nodes=args["scale_nodes"])
     except PlaybookError as exc:
         sys.exit(str(exc))
     print(json.dumps({"changed": done.changed, "seconds": done.seconds, "log": str(done.log)}))

@@ -12,12 +12,15 @@ from pathlib import Path
 
 import pytest
 
+from pulumi import automation as auto
+
 from infra import artifacts, configure, program, spec as spec_mod, stack, status, workloads
 from infra.machines import local
 
 pytestmark = [pytest.mark.artifacts, pytest.mark.machines]
 
 CONFIG = {"pilothouse:clusterName": "phe2e", "pilothouse:machineCidr": "10.76.0.0/24"}
+SCALED_SPEC = spec_mod.from_config({**{k.split(":", 1)[1]: v for k, v in CONFIG.items()}, "workers": 3})
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +34,7 @@ def cluster(tmp_path_factory):
         st.destroy()
         st.workspace.remove_stack("e2e")
         Path(stack.REPO / "Pulumi.e2e.yaml").unlink(missing_ok=True)
-    names = [m.name for m in spec.machines]
+    names = [m.name for m in SCALED_SPEC.machines]
     assert [n for n in names if local.status(n) != "absent"] == []
     links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
     assert program.bridge_name(spec) + ":" not in links
@@ -76,8 +79,25 @@ def test_plain_pulumi_preview_runs_the_same_program_and_sees_no_change(cluster):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
 
+def test_adding_a_worker_configures_only_it_and_the_pod_routes(cluster):
+    st, spec, _ = cluster
+    st.set_config("pilothouse:workers", auto.ConfigValue("3"))
+    outputs = st.up().outputs
+    kubectl = str(artifacts.ensure_go("kubernetes").file("kubectl"))
+    ready = subprocess.run([kubectl, "--kubeconfig", outputs["admin_kubeconfig"].value, "get", "node", "phe2e-worker-3",
+                            "-o", "jsonpath={.status.conditions[?(@.type=='Ready')].status}"],
+                           capture_output=True, text=True)
+    assert ready.stdout == "True", ready.stderr
+    # Only the new worker got the node roles; every node and the LB got the route to its pod subnet.
+    log = (program.cluster_dir(spec) / "logs" / "ansible.log").read_text()
+    assert "PLAY [Nodes being added]" in log and "PLAY [Control plane]" not in log
+    # The next test's full site.yml run reporting changed=0 shows scale.yml left nothing undone.
+
+
 def test_a_second_playbook_run_reports_no_change(cluster):
-    _, spec, outputs = cluster
+    st, _, _ = cluster
+    outputs = st.outputs()
+    spec = SCALED_SPEC  # with the worker the test above added
     workdir = program.cluster_dir(spec)
     result = configure.run_playbook(spec.inventory(), program.role_vars(spec, program.registry_endpoint(spec), workdir),
                                     outputs["ssh_private_key"].value, workdir / "logs")

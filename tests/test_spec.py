@@ -8,6 +8,7 @@ import pulumi
 import pytest
 import yaml
 
+from infra import configure
 from infra import spec as cluster_spec
 from infra.spec import SpecError, from_config
 
@@ -332,7 +333,7 @@ PULUMI_TYPES = {bool: "boolean", int: "integer", str: "string"}
 def test_pulumi_yaml_declares_every_key_as_the_spec_does():
     project = yaml.safe_load((ROOT / "Pulumi.yaml").read_text())
     assert project["name"] == "pilothouse" and project["main"] == "infra/"
-    assert project["runtime"] == {"name": "python", "options": {"toolchain": "pip", "virtualenv": ".venv"}}
+    assert project["runtime"] == {"name": "python", "options": {"toolchain": "pip"}}  # venv: invoke env
     declared = project["config"]
     assert sorted(declared) == sorted(f"pilothouse:{k}" for k in cluster_spec.KEYS)
     for key, want in cluster_spec.KEYS.items():
@@ -384,3 +385,20 @@ def test_from_pulumi_config_refuses_a_non_numeric_count():
             cluster_spec.from_pulumi_config()
     finally:
         pulumi.runtime.set_all_config({})
+
+
+# --- adding workers: the playbook's scale-out path ---------------------------------------------------
+
+def test_one_more_worker_is_recognised_as_a_plain_worker_addition():
+    before, after = from_config({}).inventory(), from_config({"workers": 3}).inventory()
+    assert configure.added_workers(before, after) == ["pilothouse-worker-3"]
+
+
+@pytest.mark.parametrize("change", [
+    {"masters": 5},                                  # new masters join etcd and the control plane
+    {"workers": 3, "serviceCidr": "10.100.0.0/16"},  # a worker and a cluster-wide change
+    {"workers": 1},                                  # removing is not adding
+    {},                                                # nothing added
+])
+def test_anything_but_added_workers_needs_the_whole_playbook(change):
+    assert configure.added_workers(from_config({}).inventory(), from_config(change).inventory()) == []

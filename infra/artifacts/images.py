@@ -26,6 +26,8 @@ from pathlib import Path
 
 import yaml
 
+from infra import debian
+
 from . import ensure_go
 from .store import ArtifactError, cache_root, recipe_key, sha256_file
 
@@ -47,17 +49,7 @@ PRUNE = ("usr/share/doc", "usr/share/man", "usr/share/info", "usr/share/lintian"
 
 def ensure_host_packages(*tools: str) -> None:
     """Install the Debian packages behind `tools` (apt-get, only when one is missing)."""
-    missing = sorted({HOST_PACKAGES[t] for t in tools if shutil.which(t) is None})
-    if not missing:
-        return
-    if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        raise ArtifactError(f"missing host tools {', '.join(tools)}: install the Debian packages "
-                            f"{' '.join(missing)} (`sudo apt-get install -y {' '.join(missing)}`)")
-    proc = subprocess.run(["apt-get", "install", "-y", "-q", *missing], capture_output=True, text=True,
-                          env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
-    if proc.returncode != 0:
-        raise ArtifactError(f"apt-get install {' '.join(missing)} failed; run `apt-get update` and retry:\n"
-                            + proc.stderr.strip()[-800:])
+    debian.ensure([HOST_PACKAGES[t] for t in tools], ArtifactError)
 
 
 def run(cmd: list[str], what: str, **kwargs) -> str:

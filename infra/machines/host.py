@@ -12,6 +12,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from infra import debian
 from infra.machines.errors import HostSetupError
 
 # Debian packages the host needs to build rootfs images and boot machines.
@@ -49,27 +50,10 @@ def require_root() -> None:
         raise HostSetupError("local machines need root (mounts, cgroups, bridges): run as root or with sudo")
 
 
-def missing_packages(packages: tuple[str, ...] = HOST_PACKAGES) -> list[str]:
-    proc = subprocess.run(["dpkg-query", "-W", "-f=${Package} ${db:Status-Status}\n", *packages],
-                          capture_output=True, text=True)
-    installed = {line.split()[0] for line in proc.stdout.splitlines() if line.endswith(" installed")}
-    return [p for p in packages if p not in installed]
-
-
 def ensure_host_packages(packages: tuple[str, ...] = HOST_PACKAGES) -> list[str]:
     """Install whichever of `packages` is missing with apt-get; returns what was installed."""
     require_root()
-    missing = missing_packages(packages)
-    if not missing:
-        return []
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    # Other tools may hold the dpkg lock briefly; wait for it instead of failing.
-    lock_wait = ["-o", "DPkg::Lock::Timeout=600"]
-    fix = "Check that the Debian mirror in /etc/apt/sources.list(.d) is reachable, then retry."
-    run(["apt-get", *lock_wait, "update"], "apt-get update", fix, env=env)
-    run(["apt-get", *lock_wait, "install", "-y", "--no-install-recommends", *missing],
-        f"installing {' '.join(missing)}", fix, env=env)
-    return missing
+    return debian.ensure(packages, HostSetupError)
 
 
 def ensure_host_sysctls() -> None:
