@@ -96,37 +96,6 @@ def pool_objects(address_range: str) -> list[dict]:
     ]
 
 
-def api_server_of(kubeconfig: str) -> str:
-    """The `server:` URL of a kubeconfig given as its contents or its path."""
-    text = Path(kubeconfig).read_text() if "\n" not in kubeconfig and Path(kubeconfig).is_file() else kubeconfig
-    clusters = (yaml.safe_load(text) or {}).get("clusters") or []
-    if not clusters:
-        raise AddonsError("the kubeconfig given to Addons names no cluster")
-    return clusters[0]["cluster"]["server"]
-
-
-def speaker_reaches_api_directly(objs: list[dict], server: str) -> list[dict]:
-    """Point MetalLB's speaker at the API server's own address instead of the `kubernetes` ClusterIP.
-
-    The speaker runs in the node's network namespace, and the machines have no route covering the
-    Service CIDR (no default route: nothing leaves the machine network), so connect() to 10.96.0.1
-    fails with "network is unreachable" before kube-proxy's DNAT could apply. Pods on the pod network
-    are unaffected. The lasting fix is a route for the Service CIDR on every node (cni role).
-    """
-    url = server.split("://", 1)[-1].rstrip("/")
-    host, _, port = url.rpartition(":") if url.count(":") == 1 else (url, "", "443")
-    patched = []
-    for obj in objs:
-        if obj["kind"] == "DaemonSet" and obj["metadata"]["name"] == "speaker":
-            obj = json.loads(json.dumps(obj))
-            for c in obj["spec"]["template"]["spec"]["containers"]:
-                c["env"] = [e for e in c.get("env", []) if not e["name"].startswith("KUBERNETES_SERVICE_")] + [
-                    {"name": "KUBERNETES_SERVICE_HOST", "value": host},
-                    {"name": "KUBERNETES_SERVICE_PORT", "value": port}]
-        patched.append(obj)
-    return patched
-
-
 # ---- MetalLB's manifests, from its module source ----------------------------------------------------
 
 def metallb_module_dir() -> Path:
@@ -264,10 +233,9 @@ class Addons(pulumi.ComponentResource):
         # Each group is applied with pulumi-kubernetes' await logic on: Deployments and DaemonSets count as
         # created only when their pods are available, a LoadBalancer Service only once it has an address.
         crds = k8s.yaml.v2.ConfigGroup(f"{name}-metallb-crds", objs=load("metallb-crds"), opts=child())
-        # Not secret: only the API address is taken from it, and a secret would hide every diff.
-        api_server = Output.unsecret(kubeconfig.apply(api_server_of))
-        metallb = k8s.yaml.v2.ConfigGroup(f"{name}-metallb", objs=api_server.apply(
-            lambda url: speaker_reaches_api_directly(load("metallb"), url)), opts=child(crds))
+        # The speaker runs in the node's network and reaches the API through the `kubernetes` ClusterIP: the
+        # cni role routes the Service CIDR on every node for it.
+        metallb = k8s.yaml.v2.ConfigGroup(f"{name}-metallb", objs=load("metallb"), opts=child(crds))
         pool_objs = pool_objects(address_range)
         admitted = WebhooksAdmit(f"{name}-metallb-webhooks", kubeconfig, pool_objs,
                                  opts=ResourceOptions(parent=self, depends_on=[metallb]))

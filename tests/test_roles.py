@@ -349,6 +349,15 @@ def test_a_clusterip_service_answers(cluster, pods):
 
 
 @machines
+def test_a_process_on_a_node_reaches_a_clusterip(cluster, pods):
+    # Host-network pods (MetalLB's speaker) and node processes use the `kubernetes` Service too; the
+    # machines have no default route, so the cni role routes the Service CIDR for them.
+    ip = kubectl(cluster, "get", "svc", "roles-server", "-o", "jsonpath={.spec.clusterIP}")
+    answer = ssh(cluster, WORKERS["t4t-w2"], f"curl -s --max-time 10 http://{ip}/", check=False)
+    assert answer.stdout.strip() == "hello-from-roles-server", answer.stderr
+
+
+@machines
 def test_a_pod_resolves_cluster_names(cluster, pods):
     out = exec_client(cluster, "nslookup kubernetes.default.svc.cluster.local")
     assert "10.96.0.1" in out, out
