@@ -5,7 +5,7 @@
   Ingresses' TLS Secrets) behind a LoadBalancer Service, its address published on Ingress status.
 - local-path-provisioner: the default StorageClass `local-path` (volumes in a directory on the node).
 
-Every image is built from the pinned lock.yaml binaries (images.yaml families) and served by the local
+Every image is built from the pinned lock.yaml binaries (its `images:` families) and served by the local
 registry under its upstream name. The component only finishes once each controller is available and
 MetalLB's webhooks admit objects, so workloads applied after it never race a fail-closed webhook.
 

@@ -46,7 +46,7 @@ def test_an_address_range_outside_the_machine_network_is_refused_with_the_fix():
 
 
 def test_every_addon_image_is_one_the_image_families_build():
-    refs = {r for f in yaml.safe_load(Path(artifacts.LOCK.with_name("images.yaml")).read_text())["families"].values()
+    refs = {r for f in yaml.safe_load(artifacts.LOCK.read_text())["images"]["families"].values()
             for t in f["tags"].values() for r in t["refs"]}
     used = set()
     for name in ("traefik", "metallb", "local-path"):
@@ -56,7 +56,7 @@ def test_every_addon_image_is_one_the_image_families_build():
     helper = yaml.safe_load(next(o for o in addons.load("local-path") if o["kind"] == "ConfigMap")
                             ["data"]["helperPod.yaml"])
     used |= {c["image"] for c in helper["spec"]["containers"]}
-    assert used - refs == set(), f"images no family in images.yaml provides: {sorted(used - refs)}"
+    assert used - refs == set(), f"images no family in lock.yaml provides: {sorted(used - refs)}"
 
 
 def test_the_default_classes_are_traefik_and_local_path():

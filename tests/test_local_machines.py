@@ -15,6 +15,7 @@ from pathlib import Path
 import paramiko
 import pytest
 
+from infra.artifacts import load_lock
 from infra.machines import host, keys, local
 from infra.machines.errors import MachineConflictError, MachineNotReadyError, MachineSpecError
 from infra.machines.local import MachineSpec
@@ -170,6 +171,14 @@ def test_node_binaries_are_installed_but_containerd_is_not_started(pair, key):
                                   "&& systemctl is-enabled containerd; systemctl is-active containerd")
     assert out.splitlines()[-2:] == ["disabled", "inactive"], out
     assert "/usr/bin/containerd" in out and "/usr/sbin/runc" in out
+
+
+@pytest.mark.machines
+def test_the_cluster_packages_are_the_versions_lock_yaml_pins(pair, key):
+    pins = load_lock()["machine_packages"]
+    code, out = ssh(pair[0], key, "dpkg-query -W -f='${Package} ${Version}\\n' " + " ".join(pins))
+    assert code == 0, out
+    assert dict(line.split(" ", 1) for line in out.splitlines()) == pins
 
 
 @pytest.mark.machines

@@ -13,7 +13,7 @@ from infra import workloads as w
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKLOADS = ROOT / "workloads"
-IMAGES_YAML = ROOT / "infra" / "artifacts" / "images.yaml"
+LOCK_YAML = ROOT / "infra" / "artifacts" / "lock.yaml"
 NOTES_IDS = [f"W{i:02d}" for i in range(1, 65)] + [f"F{i:02d}" for i in range(1, 18)]
 # Images verify() itself runs: client pods and the W57 rollout targets.
 VERIFY_IMAGES = {w.BUSYBOX, "luksa/kubia:v2", "luksa/kubia:v4"}
@@ -134,7 +134,7 @@ def _stand_in_refs() -> set[str]:
         elif isinstance(node, list):
             for value in node:
                 walk(value)
-    walk(yaml.safe_load(IMAGES_YAML.read_text()))
+    walk(yaml.safe_load(LOCK_YAML.read_text())["images"])
     return found
 
 
@@ -149,7 +149,7 @@ def test_every_image_has_a_local_stand_in(sources):
     used = {img: m.path.name for m in sources for img in w.images(m.obj)}
     used.update({img: "verify()" for img in VERIFY_IMAGES})
     missing = {img: where for img, where in used.items() if _normalise(img) not in stand_ins}
-    assert not missing, f"images with no stand-in in {IMAGES_YAML.name}: {missing}"
+    assert not missing, f"images with no stand-in in {LOCK_YAML.name}: {missing}"
 
 
 def test_every_deployed_sample_has_a_behaviour_check(sources):

@@ -1,6 +1,6 @@
 """Container images as OCI archives, built offline from pinned Debian packages and local sources.
 
-Each family in images.yaml is one build: a root filesystem layer (on top of the busybox layer for most),
+Each family under `images:` in lock.yaml is one build: a root filesystem layer (on top of the busybox layer for most),
 saved with umoci as an OCI layout holding one manifest per tag, then tarred into an oci-archive under
 ~/.cache/pilothouse/images/<family>/<version>-<recipe hash>/. Families that sit on busybox reuse its
 archive's layer blob, so the registry and containerd store it once.
@@ -31,7 +31,7 @@ from infra import debian
 from . import ensure_go
 from .store import ArtifactError, cache_root, recipe_key, sha256_file
 
-SPEC = Path(__file__).with_name("images.yaml")
+SPEC = Path(__file__).with_name("lock.yaml")  # its `images:` section
 STANDIN_SRC = Path(__file__).with_name("standin")
 ARCHIVE = "image.oci.tar"
 MANIFEST = "MANIFEST.json"
@@ -60,16 +60,16 @@ def run(cmd: list[str], what: str, **kwargs) -> str:
 
 
 def load_spec(path: Path = SPEC) -> dict:
-    spec = yaml.safe_load(path.read_text())
+    spec = yaml.safe_load(path.read_text())["images"]
     for name, family in spec["families"].items():
         for field in ("recipe", "version", "tags"):
             if field not in family:
-                raise ArtifactError(f"{path}: family {name} has no `{field}`")
+                raise ArtifactError(f"{path}: image family {name} has no `{field}`")
         if family.get("base") and family["base"] not in spec["families"]:
-            raise ArtifactError(f"{path}: family {name} sits on unknown base {family['base']!r}")
+            raise ArtifactError(f"{path}: image family {name} sits on unknown base {family['base']!r}")
         for pkg in family.get("debs", []) + family.get("libdebs", []):
             if pkg not in spec["debian"]:
-                raise ArtifactError(f"{path}: family {name} uses Debian package {pkg} without a pin under `debian:`")
+                raise ArtifactError(f"{path}: image family {name} uses Debian package {pkg} without a pin under `images.debian:`")
     return spec
 
 
@@ -92,7 +92,7 @@ def fetch_deb(package: str, version: str) -> Path:
             raise ArtifactError(
                 f"cannot download Debian package {package}={version}: {proc.stderr.strip()[-400:]}\n"
                 f"Run `apt-get update`; if Debian no longer serves this version, `apt-cache policy {package}` "
-                f"shows the current one: pin it under `debian:` in {SPEC}.")
+                f"shows the current one: pin it under `images.debian:` in {SPEC}.")
         os.rename(debs[0], cache / debs[0].name)
         return cache / debs[0].name
     finally:
@@ -129,7 +129,7 @@ def add_shared_libs(layer: Path, sysroot: Path) -> None:
     """
     loader = sysroot / "lib64" / "ld-linux-x86-64.so.2"
     if not loader.exists():
-        raise ArtifactError("dynamically linked files need `libc6` in the family's libdebs in images.yaml")
+        raise ArtifactError("dynamically linked files need `libc6` in the family's libdebs (lock.yaml `images:`)")
     search = ":".join(str(sysroot / d) for d in ("lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu"))
     needed: set[Path] = {Path("lib64/ld-linux-x86-64.so.2")}
     for path in sorted(p for p in layer.rglob("*") if _is_elf(p)):
@@ -144,7 +144,7 @@ def add_shared_libs(layer: Path, sysroot: Path) -> None:
             if target == "not found" or not target.startswith(str(sysroot)):
                 lib = line.split("=>")[0].strip()
                 raise ArtifactError(f"{path.relative_to(layer)} needs {lib}, which no package in the family's "
-                                    "libdebs provides; add its Debian package there (images.yaml)")
+                                    "libdebs provides; add its Debian package there (lock.yaml `images:`)")
             needed.add(Path(target).relative_to(sysroot))
     for rel in sorted(needed):
         _copy_with_links(sysroot, rel, layer)
@@ -189,7 +189,7 @@ def recipe_pause(ctx: Context, layer: Path) -> None:
     tag = next((line.split("=", 1)[1].strip() for line in (source / "Makefile").read_text().splitlines()
                 if line.startswith("TAG ?=")), None)
     if tag != ctx.family["version"]:
-        raise ArtifactError(f"Kubernetes {version} builds pause {tag}, but images.yaml pins "
+        raise ArtifactError(f"Kubernetes {version} builds pause {tag}, but lock.yaml `images:` pins "
                             f"{ctx.family['version']}: set the pause family's version (and ref) to {tag}")
     # The Makefile's flags, with the Kubernetes version standing in for its `git describe`.
     run(["gcc", "-Os", "-Wall", "-Werror", "-static", f"-DVERSION=v{tag}-{version}",
@@ -477,7 +477,7 @@ def ensure_images(names: list[str] | None = None, spec: dict | None = None, log=
     wanted = names or list(spec["families"])
     for name in wanted:
         if name not in spec["families"]:
-            raise ArtifactError(f"unknown image family {name!r}; images.yaml has {', '.join(spec['families'])}")
+            raise ArtifactError(f"unknown image family {name!r}; lock.yaml `images:` has {', '.join(spec['families'])}")
     done: dict[str, tuple[str, ImageFamily]] = {}
 
     def ensure(name: str) -> ImageFamily:
@@ -511,7 +511,7 @@ def mirror_path(ref: str) -> tuple[str, str, str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m infra.artifacts.images", description=__doc__.split("\n")[0])
-    parser.add_argument("families", nargs="*", help="families to build (default: all in images.yaml)")
+    parser.add_argument("families", nargs="*", help="families to build (default: all in lock.yaml `images:`)")
     parser.add_argument("--list", action="store_true", help="print name, tag, digest, size and archive of each image")
     args = parser.parse_args(argv)
     try:

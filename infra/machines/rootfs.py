@@ -17,16 +17,23 @@ import tempfile
 import time
 from pathlib import Path
 
+from infra.artifacts import load_lock
 from infra.machines.errors import RootfsBuildError
 from infra.machines.host import ensure_host_packages
 
 SUITE = "bookworm"
-# What a node needs before Ansible configures it; Kubernetes binaries themselves come from the artifacts.
+# What a node needs before Ansible configures it: the OS, at the suite's current versions. The cluster's own
+# packages (containerd, runc, CNI plugins, haproxy, keepalived) are pinned in lock.yaml `machine_packages:`;
+# Kubernetes binaries themselves come from the artifacts.
 BASE_PACKAGES = (
     "systemd", "systemd-sysv", "dbus", "openssh-server", "openssh-sftp-server", "iproute2", "iptables",
     "iputils-ping", "python3", "ca-certificates", "procps", "kmod", "conntrack", "ethtool", "socat",
-    "ebtables", "containerd", "runc", "containernetworking-plugins", "haproxy", "keepalived", "curl",
+    "ebtables", "curl",
 )
+
+
+def pinned_packages() -> dict[str, str]:
+    return load_lock()["machine_packages"]
 # Installed but not started at boot: Ansible configures and enables them on the machines that need them.
 DISABLED_UNITS = ("containerd.service", "haproxy.service", "keepalived.service",
                   "apt-daily.timer", "apt-daily-upgrade.timer")
@@ -105,7 +112,7 @@ def host_mirrors() -> tuple[str, str]:
 
 
 def recipe_key() -> str:
-    recipe = {"suite": SUITE, "packages": BASE_PACKAGES, "mirrors": host_mirrors(),
+    recipe = {"suite": SUITE, "packages": BASE_PACKAGES, "pinned": pinned_packages(), "mirrors": host_mirrors(),
               "source": Path(__file__).read_text()}
     digest = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
     return f"{SUITE}-{digest}"
@@ -169,7 +176,10 @@ def _build(root: Path) -> None:
     subprocess.run(["mount", "-t", "proc", "proc", str(root / "proc")], check=True)
     try:
         _chroot(root, ["apt-get", "update"])
-        _chroot(root, ["apt-get", "install", "-y", "--no-install-recommends", *BASE_PACKAGES])
+        pins = [f"{name}={version}" for name, version in pinned_packages().items()]
+        _chroot(root, ["apt-get", "install", "-y", "--no-install-recommends", *BASE_PACKAGES, *pins],
+                fix="A pinned version in infra/artifacts/lock.yaml `machine_packages:` may have been replaced "
+                    "by a Debian security update: `apt-cache policy <package>` shows the one to pin.")
         _chroot(root, ["systemctl", "disable", *DISABLED_UNITS])
         _chroot(root, ["systemctl", "enable", "systemd-networkd.service", "ssh.service"])
         _chroot(root, ["apt-get", "clean"])
@@ -186,7 +196,7 @@ def _build(root: Path) -> None:
     (root / "var/lib/containerd").mkdir(parents=True, exist_ok=True)
     _clean(root)
     (root / ".pilothouse-base").write_text(json.dumps(
-        {"suite": SUITE, "packages": BASE_PACKAGES, "mirror": main,
+        {"suite": SUITE, "packages": BASE_PACKAGES, "pinned": pinned_packages(), "mirror": main,
          "build_seconds": round(time.monotonic() - started, 1)}, indent=2))
 
 
@@ -204,19 +214,19 @@ def _clean(root: Path) -> None:
     _write(root / "etc/machine-id", "")
 
 
-def _run(cmd: list[str], what: str, root: Path, env: dict[str, str] | None = None) -> None:
+def _run(cmd: list[str], what: str, root: Path, env: dict[str, str] | None = None,
+         fix: str = "If the mirror is unreachable, check /etc/apt/sources.list(.d) and retry.") -> None:
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         log = root.parent / f"{root.name}.failed.log"
         log.write_text(proc.stdout + proc.stderr)
         tail = (proc.stderr or proc.stdout).strip()[-1500:]
-        raise RootfsBuildError(f"{what} failed (exit {proc.returncode}); full output in {log}:\n{tail}\n"
-                               "If the mirror is unreachable, check /etc/apt/sources.list(.d) and retry.")
+        raise RootfsBuildError(f"{what} failed (exit {proc.returncode}); full output in {log}:\n{tail}\n{fix}")
 
 
-def _chroot(root: Path, cmd: list[str]) -> None:
+def _chroot(root: Path, cmd: list[str], **kwargs) -> None:
     env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "DEBIAN_FRONTEND": "noninteractive", "LANG": "C.UTF-8"}
-    _run(["chroot", str(root), *cmd], " ".join(cmd[:2]), root, env=env)
+    _run(["chroot", str(root), *cmd], " ".join(cmd[:2]), root, env=env, **kwargs)
 
 
 def _write(path: Path, text: str, mode: int = 0o644) -> None:
