@@ -60,11 +60,26 @@ def _stream(line: str) -> None:
 @task(help={"stack": "Pulumi stack (its config is Pulumi.<stack>.yaml)", "refresh": "refresh state first"})
 def up(c, stack="dev", refresh=False):
     """Bring up the cluster described by the stack config (machines, registry, playbook): `pulumi up`."""
+    import threading
+    import time
+
+    from infra import configure, program
+
     deps(c, quiet=True)
     st = _stack(stack)
     if refresh:
         st.refresh(on_output=_stream)
-    result = st.up(on_output=_stream)
+    # Pulumi shows a resource only when it finishes; the playbook's phases are followed from its live log.
+    stop = threading.Event()
+    follower = threading.Thread(target=configure.follow_runs, daemon=True,
+                                args=(str(program.CLUSTERS_ROOT / "*/logs/runs/*/stdout"),
+                                      time.time(), stop, _stream))
+    follower.start()
+    try:
+        result = st.up(on_output=_stream)
+    finally:
+        stop.set()
+        follower.join()
     print(f"\nadmin kubeconfig: {result.outputs['admin_kubeconfig'].value}")
 
 

@@ -10,6 +10,7 @@ import json
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,6 +81,26 @@ def run_playbook(inventory: dict, extravars: dict, ssh_private_key: str, log_dir
         raise PlaybookError(f"the playbook failed on {', '.join(failed) or 'the controller'} "
                             f"(exit {result.rc}); see {log}")
     return RunResult(sum(stats.get("changed", {}).values()), failed, time.monotonic() - started, log)
+
+
+def follow_runs(runs_glob: str, since: float, stop: threading.Event, echo=print) -> None:
+    """Echo the PLAY, TASK and failure lines of every playbook run that starts after `since` as ansible-runner
+    writes them, so a long `pulumi up` says which phase Ansible is in (and on which hosts it failed) instead
+    of going silent. Meant for a background thread; returns when `stop` is set."""
+    seen: dict[Path, int] = {}
+    while not stop.wait(1.0):
+        for out in Path("/").glob(runs_glob.lstrip("/")):
+            if out.stat().st_mtime < since:
+                continue
+            with out.open(errors="replace") as f:
+                f.seek(seen.get(out, 0))
+                chunk = f.read()
+                # Only whole lines; a partial one is read again next time.
+                done = chunk.rfind("\n") + 1
+                seen[out] = seen.get(out, 0) + len(chunk[:done].encode())
+            for line in chunk[:done].splitlines():
+                if line.startswith(("PLAY [", "TASK [", "RUNNING HANDLER [", "fatal:", "failed:")):
+                    echo(f"  ansible +{time.time() - since:4.0f}s  {line.rstrip(' *')}")
 
 
 def _run_in_fresh_process(props: dict, scale_nodes: list[str]) -> RunResult:

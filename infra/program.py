@@ -26,9 +26,12 @@ def bridge_name(spec: spec_mod.ClusterSpec) -> str:
     return f"ph-{spec.name}"[:15]
 
 
+CLUSTERS_ROOT = Path.home() / ".local" / "share" / "pilothouse"
+
+
 def cluster_dir(spec: spec_mod.ClusterSpec) -> Path:
     """Where the cluster's PKI, admin kubeconfig and playbook logs live on this host, kept across runs."""
-    return Path.home() / ".local" / "share" / "pilothouse" / spec.name
+    return CLUSTERS_ROOT / spec.name
 
 
 class _RegistryProvider(dynamic.ResourceProvider):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 
 import pulumi
@@ -402,3 +404,27 @@ def test_one_more_worker_is_recognised_as_a_plain_worker_addition():
 ])
 def test_anything_but_added_workers_needs_the_whole_playbook(change):
     assert configure.added_workers(from_config({}).inventory(), from_config(change).inventory()) == []
+
+
+# --- playbook progress during `invoke up` ---------------------------------------------------------------
+
+def test_a_running_playbooks_phases_are_echoed_as_they_are_written(tmp_path):
+    since = time.time()
+    stdout = tmp_path / "c1" / "logs" / "runs" / "run-1" / "stdout"
+    stdout.parent.mkdir(parents=True)
+    stdout.write_text("PLAY [Control plane] ****\nok: [m1]\nTASK [kube_apiserver : Write the unit] ***\nTASK [par")
+    echoed: list[str] = []
+    stop = threading.Event()
+    follower = threading.Thread(target=configure.follow_runs,
+                                args=(str(tmp_path / "*/logs/runs/*/stdout"), since, stop, echoed.append))
+    follower.start()
+    try:
+        time.sleep(1.5)
+        with stdout.open("a") as f:
+            f.write("tial] ***\nfatal: [m2]: FAILED! => {}\n")
+        time.sleep(1.5)
+    finally:
+        stop.set()
+        follower.join()
+    assert [line.split("s  ", 1)[1] for line in echoed] == [
+        "PLAY [Control plane]", "TASK [kube_apiserver : Write the unit]", "TASK [partial]", "fatal: [m2]: FAILED! => {}"]
