@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -137,8 +138,10 @@ class _PlaybookProvider(dynamic.ResourceProvider):
         return dynamic.UpdateResult(outs=self._run(news, workers))
 
     def delete(self, id_, props):
-        # Nothing to undo on the machines: they are destroyed with the stack.
-        pass
+        # Nothing to undo on the machines: they are destroyed with the stack. The cluster's directory on this
+        # host (PKI, admin kubeconfig, these logs) goes too, so a destroyed stack leaves nothing behind; the
+        # Kubernetes objects that needed the kubeconfig are deleted before this resource.
+        shutil.rmtree(Path(props["log_dir"]).parent, ignore_errors=True)
 
 
 class Playbook(dynamic.Resource):

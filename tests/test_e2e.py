@@ -38,6 +38,7 @@ def cluster(tmp_path_factory):
     assert [n for n in names if local.status(n) != "absent"] == []
     links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
     assert program.bridge_name(spec) + ":" not in links
+    assert not program.cluster_dir(spec).exists(), "the cluster's PKI and logs outlived `pulumi destroy`"
 
 
 def test_every_component_is_healthy_through_the_load_balancer(cluster):

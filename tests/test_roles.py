@@ -1,6 +1,6 @@
 """The Ansible roles build a real HA cluster on local machines, and it behaves like one.
 
-Boots 1 LB + 3 masters (stacked etcd) + 2 workers with infra.machines.local on a private bridge, serves the
+Boots 2 LBs (keepalived VIP) + 3 masters (stacked etcd) + 2 workers with infra.machines.local on a private bridge, serves the
 images from the local registry on the bridge address, runs roles/site.yml through ansible-runner, then checks
 the cluster the way a user would: kubectl through the LB, etcdctl on the members, failure drills, pods.
 The machines are always destroyed afterwards. Timings are printed (run pytest with -s) and written to
@@ -29,7 +29,8 @@ ARTIFACTS = Path(os.environ.get("PILOTHOUSE_CACHE", Path.home() / ".cache" / "pi
 
 BRIDGE = "ph4t"
 NET = "10.252.1"
-LB = {"t4t-lb1": f"{NET}.10"}
+LB = {"t4t-lb1": f"{NET}.10", "t4t-lb2": f"{NET}.9"}
+VIP = f"{NET}.5"  # held by one LB at a time (keepalived); the API endpoint every client uses
 MASTERS = {"t4t-m1": f"{NET}.11", "t4t-m2": f"{NET}.12", "t4t-m3": f"{NET}.13"}
 WORKERS = {"t4t-w1": f"{NET}.21", "t4t-w2": f"{NET}.22"}
 NODES = {**MASTERS, **WORKERS}
@@ -59,8 +60,8 @@ def _inventory(key_file: Path, workdir: Path, binaries: dict[str, str]) -> dict:
             "ansible_user": "root",
             "ansible_ssh_private_key_file": str(key_file),
             "pilothouse_cluster_name": "t4t",
-            "pilothouse_api_endpoint": LB["t4t-lb1"],
-            "pilothouse_api_vip": "",
+            "pilothouse_api_endpoint": VIP,
+            "pilothouse_api_vip": VIP,
             "pilothouse_pod_cidr": "10.244.0.0/16",
             "pilothouse_service_cidr": "10.96.0.0/12",
             "pilothouse_cluster_dns": "10.96.0.10",
@@ -88,8 +89,7 @@ BAD_INVENTORIES = {
                           "must be network addresses in CIDR form"),
     "cluster DNS outside the service CIDR": (lambda inv: inv["all"]["vars"].update(pilothouse_cluster_dns="10.0.0.10"),
                                              "must be inside the service CIDR"),
-    "two LBs without a VIP": (lambda inv: inv["all"]["children"]["lb"]["hosts"].update(
-        {"t4t-lb2": {"ansible_host": f"{NET}.9"}}), "set pilothouse_api_vip"),
+    "two LBs without a VIP": (lambda inv: inv["all"]["vars"].update(pilothouse_api_vip=""), "set pilothouse_api_vip"),
     "a node without a pod subnet": (lambda inv: inv["all"]["children"]["kube_node"]["hosts"]["t4t-w2"].pop(
         "pilothouse_pod_subnet"), "needs pilothouse_pod_subnet"),
 }
@@ -196,7 +196,7 @@ def lease_holder(cluster, name: str) -> str:
 @machines
 def test_every_node_is_ready_through_the_load_balancer(cluster):
     config = yaml.safe_load(cluster["kubeconfig"].read_text())
-    assert config["clusters"][0]["cluster"]["server"] == f"https://{LB['t4t-lb1']}:6443"
+    assert config["clusters"][0]["cluster"]["server"] == f"https://{VIP}:6443"
     nodes = json.loads(kubectl(cluster, "get", "nodes", "-o", "json"))["items"]
     ready = {n["metadata"]["name"]: any(c["type"] == "Ready" and c["status"] == "True"
                                         for c in n["status"]["conditions"]) for n in nodes}
@@ -218,7 +218,7 @@ def test_etcd_is_healthy_on_every_member_with_three_members(cluster):
 @machines
 def test_an_unauthenticated_request_is_refused_by_every_api_server(cluster):
     ctx = ssl.create_default_context(cafile=str(cluster["workdir"] / "pki" / "ca.crt"))
-    for address in [*MASTERS.values(), LB["t4t-lb1"]]:
+    for address in [*MASTERS.values(), *LB.values(), VIP]:
         with pytest.raises(urllib.error.HTTPError) as err:
             urllib.request.urlopen(f"https://{address}:6443/api/v1/namespaces", context=ctx, timeout=10)
         assert err.value.code == 401, f"{address}: anonymous request got HTTP {err.value.code}, expected 401"
@@ -275,6 +275,29 @@ def test_requests_through_the_lb_keep_working_with_one_api_server_stopped(cluste
               "https://127.0.0.1:6443/readyz", check=False).returncode != 0:
         assert time.monotonic() < deadline, "the restarted API server did not become ready again"
         time.sleep(1)
+
+
+def vip_holders(cluster) -> list[str]:
+    return [name for name, address in LB.items()
+            if VIP in ssh(cluster, address, f"ip -4 -o addr show to {VIP}/32", check=False).stdout]
+
+
+@machines
+def test_the_vip_moves_to_the_other_lb_when_its_holder_stops(cluster):
+    holders = vip_holders(cluster)
+    assert len(holders) == 1, f"VIP {VIP} is held by {holders}, expected exactly one LB"
+    holder = holders[0]
+    ssh(cluster, LB[holder], "systemctl stop keepalived")
+    started = time.monotonic()
+    try:
+        while vip_holders(cluster) != [n for n in LB if n != holder]:
+            assert time.monotonic() - started < 30, f"the VIP did not move off {holder} within 30 s"
+            time.sleep(0.2)
+        TIMINGS["vip_failover_s"] = round(time.monotonic() - started, 1)
+        # Clients keep using the same address: the API answers through the other LB.
+        assert kubectl(cluster, "get", "ns", "default", "-o", "name").strip() == "namespace/default"
+    finally:
+        ssh(cluster, LB[holder], "systemctl start keepalived")
 
 
 PODS = """
