@@ -62,31 +62,15 @@ def test_the_kubernetes_provider_plugin_is_installed_offline(tmp_path):
     assert "resource" in row and "4.25.0-alpha.1768448096" in row
 
 
-PLAIN_PROGRAM = '''
-from pathlib import Path
-
+# The same resource as above, imported from this file (the provider process unpickles it by module name).
+PLAIN_PROGRAM = """
 import pulumi
-from pulumi import dynamic
-
-
-class FileProvider(dynamic.ResourceProvider):
-    def create(self, props):
-        Path(props["path"]).write_text(props["text"])
-        return dynamic.CreateResult(id_=props["path"], outs=props)
-
-    def delete(self, id_, props):
-        Path(id_).unlink(missing_ok=True)
-
-
-class Note(dynamic.Resource):
-    def __init__(self, name, path, text):
-        super().__init__(FileProvider(), name, {"path": path, "text": text})
-
+from test_pulumi_offline import _File
 
 target = pulumi.Config().require("target")
-Note("note", target, "ahoy")
+_File("note", target, "ahoy")
 pulumi.export("path", target)
-'''
+"""
 
 
 def test_plain_pulumi_up_runs_a_program_through_the_built_language_host(tmp_path):
@@ -98,6 +82,7 @@ def test_plain_pulumi_up_runs_a_program_through_the_built_language_host(tmp_path
     (project / "__main__.py").write_text(PLAIN_PROGRAM)
     target = tmp_path / "made-by-plain-pulumi.txt"
     env = dict(os.environ, **stack.pulumi_env(tmp_path / "state"))
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parent), env["PYTHONPATH"]])
 
     def pulumi_cli(*args: str) -> str:
         proc = subprocess.run(["pulumi", "--non-interactive", *args], cwd=project, env=env,
