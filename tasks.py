@@ -72,8 +72,7 @@ def up(c, stack="dev", refresh=False):
     # Pulumi shows a resource only when it finishes; the playbook's phases are followed from its live log.
     stop = threading.Event()
     follower = threading.Thread(target=configure.follow_runs, daemon=True,
-                                args=(str(program.CLUSTERS_ROOT / "*/logs/runs/*/stdout"),
-                                      time.time(), stop, _stream))
+                                args=(program.CLUSTERS_ROOT, "*/logs/runs/*/stdout", time.time(), stop, _stream))
     follower.start()
     try:
         result = st.up(on_output=_stream)

@@ -84,13 +84,14 @@ def run_playbook(inventory: dict, extravars: dict, ssh_private_key: str, log_dir
     return RunResult(sum(stats.get("changed", {}).values()), failed, time.monotonic() - started, log)
 
 
-def follow_runs(runs_glob: str, since: float, stop: threading.Event, echo=print) -> None:
-    """Echo the PLAY, TASK and failure lines of every playbook run that starts after `since` as ansible-runner
-    writes them, so a long `pulumi up` says which phase Ansible is in (and on which hosts it failed) instead
-    of going silent. Meant for a background thread; returns when `stop` is set."""
+def follow_runs(root: Path, pattern: str, since: float, stop: threading.Event, echo=print) -> None:
+    """Echo the PLAY, TASK and failure lines of every playbook run under `root` (its stdout files matching
+    `pattern`) that starts after `since`, as ansible-runner writes them, so a long `pulumi up` says which
+    phase Ansible is in (and on which hosts it failed) instead of going silent. Meant for a background
+    thread; returns when `stop` is set."""
     seen: dict[Path, int] = {}
     while not stop.wait(1.0):
-        for out in Path("/").glob(runs_glob.lstrip("/")):
+        for out in root.glob(pattern):
             if out.stat().st_mtime < since:
                 continue
             with out.open(errors="replace") as f:
@@ -118,6 +119,10 @@ def _run_in_fresh_process(props: dict, scale_nodes: list[str]) -> RunResult:
     return RunResult(out["changed"], [], out["seconds"], Path(out["log"]))
 
 
+# The inputs whose change re-runs the playbook.
+RUN_INPUTS = ("inventory", "extravars", "roles_digest", "ssh_private_key")
+
+
 class _PlaybookProvider(dynamic.ResourceProvider):
     def _run(self, props: dict, scale_nodes: list[str] | None = None) -> dict:
         result = _run_in_fresh_process(props, scale_nodes or [])
@@ -127,13 +132,12 @@ class _PlaybookProvider(dynamic.ResourceProvider):
         return dynamic.CreateResult(id_=props["log_dir"], outs=self._run(props))
 
     def diff(self, id_, olds, news):
-        keys = ("inventory", "extravars", "roles_digest", "ssh_private_key")
-        changed = [k for k in keys if olds.get(k) != news.get(k)]
+        changed = [k for k in RUN_INPUTS if olds.get(k) != news.get(k)]
         return dynamic.DiffResult(changes=bool(changed), replaces=[], delete_before_replace=False)
 
     def update(self, id_, olds, news):
         # New workers and nothing else (the common "add a node"): configure just them and the pod routes.
-        same = all(olds.get(k) == news.get(k) for k in ("extravars", "roles_digest", "ssh_private_key"))
+        same = all(olds.get(k) == news.get(k) for k in RUN_INPUTS if k != "inventory")
         workers = added_workers(json.loads(olds["inventory"]), json.loads(news["inventory"])) if same else []
         return dynamic.UpdateResult(outs=self._run(news, workers))
 

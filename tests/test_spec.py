@@ -416,7 +416,7 @@ def test_a_running_playbooks_phases_are_echoed_as_they_are_written(tmp_path):
     echoed: list[str] = []
     stop = threading.Event()
     follower = threading.Thread(target=configure.follow_runs,
-                                args=(str(tmp_path / "*/logs/runs/*/stdout"), since, stop, echoed.append))
+                                args=(tmp_path, "*/logs/runs/*/stdout", since, stop, echoed.append))
     follower.start()
     try:
         time.sleep(1.5)

@@ -30,10 +30,6 @@ BASE_PACKAGES = (
     "iputils-ping", "python3", "ca-certificates", "procps", "kmod", "conntrack", "ethtool", "socat",
     "ebtables", "curl",
 )
-
-
-def pinned_packages() -> dict[str, str]:
-    return load_lock()["machine_packages"]
 # Installed but not started at boot: Ansible configures and enables them on the machines that need them.
 DISABLED_UNITS = ("containerd.service", "haproxy.service", "keepalived.service",
                   "apt-daily.timer", "apt-daily-upgrade.timer")
@@ -111,6 +107,10 @@ def host_mirrors() -> tuple[str, str]:
     return main.rstrip("/"), security.rstrip("/")
 
 
+def pinned_packages() -> dict[str, str]:
+    return load_lock()["machine_packages"]
+
+
 def recipe_key() -> str:
     recipe = {"suite": SUITE, "packages": BASE_PACKAGES, "pinned": pinned_packages(), "mirrors": host_mirrors(),
               "source": Path(__file__).read_text()}
@@ -159,6 +159,7 @@ def _remove_tree(path: Path) -> None:
 
 def _build(root: Path) -> None:
     main, security = host_mirrors()
+    pinned = pinned_packages()
     started = time.monotonic()
     _run(["debootstrap", "--variant=minbase", "--components=main", "--merged-usr",
           "--keyring=/usr/share/keyrings/debian-archive-keyring.gpg", SUITE, str(root), main],
@@ -176,7 +177,7 @@ def _build(root: Path) -> None:
     subprocess.run(["mount", "-t", "proc", "proc", str(root / "proc")], check=True)
     try:
         _chroot(root, ["apt-get", "update"])
-        pins = [f"{name}={version}" for name, version in pinned_packages().items()]
+        pins = [f"{name}={version}" for name, version in pinned.items()]
         _chroot(root, ["apt-get", "install", "-y", "--no-install-recommends", *BASE_PACKAGES, *pins],
                 fix="A pinned version in infra/artifacts/lock.yaml `machine_packages:` may have been replaced "
                     "by a Debian security update: `apt-cache policy <package>` shows the one to pin.")
@@ -196,7 +197,7 @@ def _build(root: Path) -> None:
     (root / "var/lib/containerd").mkdir(parents=True, exist_ok=True)
     _clean(root)
     (root / ".pilothouse-base").write_text(json.dumps(
-        {"suite": SUITE, "packages": BASE_PACKAGES, "pinned": pinned_packages(), "mirror": main,
+        {"suite": SUITE, "packages": BASE_PACKAGES, "pinned": pinned, "mirror": main,
          "build_seconds": round(time.monotonic() - started, 1)}, indent=2))
 
 
