@@ -34,17 +34,30 @@ def deps(c, quiet=False):
 
 
 @task(help={"list": "print name, version, sha256 and path of every artifact",
-            "export": "also copy the whole set into this directory (for an offline site)"})
-def artifacts(c, list=False, export=None):  # noqa: A002 - `--list` is the flag users expect
-    """Build (or fetch, per infra/artifacts/lock.yaml) every pinned binary into ~/.cache/pilothouse.
+            "export": "also copy the whole set into this directory (for an offline site)",
+            "missing": "build nothing: list what is not built yet (exit 1 if anything is)"})
+def artifacts(c, list=False, export=None, missing=False):  # noqa: A002 - `--list` is the flag users expect
+    """Build (or fetch, per infra/artifacts/lock.yaml) every pinned binary and image, and the machines' base
+    rootfs, into ~/.cache/pilothouse, printing [done/total], what is building and for how long.
 
-    The first run compiles Kubernetes, etcd, CoreDNS and the Pulumi CLI from Go modules (about 20
-    minutes on 2 cores); later runs reuse the cache and take seconds."""
+    The first run compiles Kubernetes, etcd, CoreDNS, the Pulumi CLI, the kubernetes provider and the add-ons
+    from Go modules (about 35 minutes on 2 cores); later runs reuse the cache and take seconds. `up`, `test`
+    and `ci-up` run this first; `preview` never builds."""
     deps(c, quiet=True)
-    flags = (" --list" if list else "") + (f" --export {export}" if export else "")
+    flags = (" --list" if list else "") + (f" --export {export}" if export else "") + (" --missing" if missing else "")
     result = c.run(f"{sys.executable} -m infra.artifacts{flags}", warn=True, pty=False)
     if result.failed:
-        raise Exit("building the artifacts failed; the message above says what to fix", code=1)
+        raise Exit("some artifacts are not built yet: run `invoke artifacts`" if missing else
+                   "building the artifacts failed; the message above says what to fix", code=1)
+
+
+def _require_artifacts(c) -> None:
+    """Stop with the list of what is missing instead of building (for commands that promise to touch nothing)."""
+    result = c.run(f"{sys.executable} -m infra.artifacts --missing", warn=True, hide=True, pty=False)
+    if result.failed:
+        absent = result.stdout.strip().replace("\n", ", ")
+        raise Exit(f"not built yet: {absent}.\nRun `invoke artifacts` first (it builds them with progress; about "
+                   "35 minutes on 2 cores when nothing is cached).", code=1)
 
 
 def _stack(name: str):
@@ -53,8 +66,46 @@ def _stack(name: str):
     return stack.select_stack(name, program.main, stack.REPO / ".pulumi")
 
 
+def _check_spec(stack_name: str) -> None:
+    """Refuse a bad stack config before building or starting anything, with its problems and nothing else
+    (the program checks again, for plain `pulumi up`)."""
+    import yaml
+
+    from infra import spec as spec_mod
+    from infra.stack import REPO
+
+    path = REPO / f"Pulumi.{stack_name}.yaml"
+    values = (yaml.safe_load(path.read_text()) or {}).get("config") or {} if path.exists() else {}
+    try:
+        spec_mod.from_stack_config(values)
+    except spec_mod.SpecError as exc:
+        raise Exit(f"{path.name}: {exc}", code=1) from None
+
+
 def _stream(line: str) -> None:
     print(line, flush=True)
+
+
+@contextlib.contextmanager
+def _pulumi_errors(what: str):
+    """A failed Pulumi command has already streamed its output; end with its error lines, not a traceback."""
+    from pulumi import automation as auto
+
+    try:
+        yield
+    except auto.errors.CommandError as exc:
+        # Each diagnostic is an `error:` line and the indented lines under it (a spec's problems, a
+        # playbook's failed hosts); Pulumi repeats some, so each is kept once.
+        blocks: list[str] = []
+        for line in str(exc).splitlines():
+            if line.lstrip().startswith("error:"):
+                blocks.append(line.strip())
+            elif blocks and line.startswith((" ", "\t")) and line.strip() and not blocks[-1].endswith("\n"):
+                blocks[-1] += "\n  " + line.strip()
+            elif blocks and not blocks[-1].endswith("\n"):
+                blocks[-1] += "\n"
+        errors = [b.strip() for b in dict.fromkeys(blocks)] or [str(exc)[-2000:]]
+        raise Exit(f"{what} failed:\n" + "\n".join(dict.fromkeys(errors)), code=1) from None
 
 
 @task(help={"stack": "Pulumi stack (its config is Pulumi.<stack>.yaml)", "refresh": "refresh state first"})
@@ -63,19 +114,22 @@ def up(c, stack="dev", refresh=False):
     import threading
     import time
 
-    from infra import configure, program
+    from infra import playbook
 
-    deps(c, quiet=True)
+    _check_spec(stack)
+    artifacts(c)  # every build happens here, with progress, before Pulumi starts
     st = _stack(stack)
-    if refresh:
-        st.refresh(on_output=_stream)
+    with _pulumi_errors("pulumi refresh"):
+        if refresh:
+            st.refresh(on_output=_stream)
     # Pulumi shows a resource only when it finishes; the playbook's phases are followed from its live log.
     stop = threading.Event()
-    follower = threading.Thread(target=configure.follow_runs, daemon=True,
-                                args=(program.CLUSTERS_ROOT, "*/logs/runs/*/stdout", time.time(), stop, _stream))
+    follower = threading.Thread(target=playbook.follow_runs, daemon=True,
+                                args=(playbook.CLUSTERS_ROOT, "*/logs/runs/*/stdout", time.time(), stop, _stream))
     follower.start()
     try:
-        result = st.up(on_output=_stream)
+        with _pulumi_errors("pulumi up"):
+            result = st.up(on_output=_stream)
     finally:
         stop.set()
         follower.join()
@@ -100,8 +154,12 @@ def env(c):
 
 @task(help={"stack": "Pulumi stack to check"})
 def preview(c, stack="dev"):
-    """Show what `up` would change, touching nothing."""
-    _stack(stack).preview(on_output=_stream)
+    """Show what `up` would change, touching nothing (and building nothing: it names what is not built yet)."""
+    _check_spec(stack)
+    deps(c, quiet=True)
+    _require_artifacts(c)
+    with _pulumi_errors("pulumi preview"):
+        _stack(stack).preview(on_output=_stream)
 
 
 @task(help={"stack": "Pulumi stack to destroy", "dry_run": "only say what would be destroyed"})
@@ -112,7 +170,8 @@ def down(c, stack="dev", dry_run=False):
         resources = [r for r in st.export_stack().deployment.get("resources", []) if "LocalMachine" in r["type"]]
         print("would destroy: " + ", ".join(r["id"] for r in resources))
         return
-    st.destroy(on_output=_stream)
+    with _pulumi_errors("pulumi destroy"):
+        st.destroy(on_output=_stream)
 
 
 @task
@@ -141,14 +200,13 @@ def ssh(c, name, stack="dev"):
 
 
 def _report(stack_name: str):
-    from infra import artifacts as arts, status
+    from infra import status
 
     outputs = _stack(stack_name).outputs()
     if "admin_kubeconfig" not in outputs:
         raise Exit(f"stack {stack_name} has no cluster: run `invoke up --stack {stack_name}` first")
-    kubectl = str(arts.ensure_go("kubernetes", log=lambda _m: None).file("kubectl"))
     report = status.collect(outputs["machines"].value, outputs["ssh_private_key"].value,
-                            outputs["admin_kubeconfig"].value, kubectl)
+                            outputs["admin_kubeconfig"].value)
     return report, outputs["admin_kubeconfig"].value
 
 
@@ -157,17 +215,17 @@ def playbook(c, stack="dev"):
     """Run the Ansible playbook alone against the stack's machines (what `up` does when roles/ changed)."""
     import json
 
-    from infra import configure
+    from infra import playbook as playbook_mod
 
     outputs = _stack(stack).outputs()
     if "playbook_vars" not in outputs:
         raise Exit(f"stack {stack} has no cluster: run `invoke up --stack {stack}` first")
     extravars = json.loads(outputs["playbook_vars"].value)
     try:
-        result = configure.run_playbook(json.loads(outputs["inventory"].value), extravars,
-                                        outputs["ssh_private_key"].value,
-                                        Path(extravars["pilothouse_admin_kubeconfig"]).parent / "logs", quiet=False)
-    except configure.PlaybookError as exc:
+        result = playbook_mod.run_playbook(json.loads(outputs["inventory"].value), extravars,
+                                           outputs["ssh_private_key"].value,
+                                           Path(extravars["pilothouse_admin_kubeconfig"]).parent / "logs", quiet=False)
+    except playbook_mod.PlaybookError as exc:
         raise Exit(str(exc), code=1)
     print(f"playbook: changed={result.changed} in {result.seconds:.0f}s (log: {result.log})")
 
@@ -209,14 +267,12 @@ def ci_up(c, stack="dev"):
                            "only": "comma-separated sample ids to check (e.g. W13,W57); default: all"})
 def verify_workloads(c, stack="dev", only=None):
     """Check every sample workload behaves as the notes say; one PASS/FAIL line each, non-zero exit on a failure."""
-    from infra import artifacts as arts, workloads as wl
+    from infra import workloads as wl
 
     outputs = _stack(stack).outputs()
     if "ingress_address" not in outputs:
         raise Exit(f"stack {stack} has no workloads: run `invoke up --stack {stack}` first")
-    kubectl = str(arts.ensure_go("kubernetes", log=lambda _m: None).file("kubectl"))
-    results = wl.verify(outputs["admin_kubeconfig"].value, kubectl=kubectl,
-                        ingress_address=outputs["ingress_address"].value,
+    results = wl.verify(outputs["admin_kubeconfig"].value, ingress_address=outputs["ingress_address"].value,
                         only=set(only.split(",")) if only else None)
     failed = [r.workload for r in results if not r.ok]
     print(f"{len(results) - len(failed)} passed, {len(failed)} failed")

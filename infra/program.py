@@ -1,4 +1,11 @@
-"""The pilothouse Pulumi program: machines, then the registry they pull from, then the playbook."""
+"""The pilothouse Pulumi program: machines, the registry they pull from, the playbook, then the add-ons and
+the notes' sample workloads.
+
+`main` is what `pulumi up` and `invoke up` run; `build` is the same program for any spec, manifests
+directory and LoadBalancer address range, which is how the tests' shared cluster is made.
+The program builds nothing: every artifact and image is looked up in the cache (`invoke artifacts` builds
+them), so a missing one stops the program with that advice before any resource is touched.
+"""
 from __future__ import annotations
 
 import json
@@ -8,9 +15,9 @@ from pathlib import Path
 import pulumi
 from pulumi import Output, ResourceOptions, dynamic
 
-from infra import addons, artifacts, configure, spec as spec_mod, workloads
-from infra.artifacts import images, registry
-from infra.machines import provider as local_provider
+from infra import addons, playbook, spec as spec_mod, workloads
+from infra.artifacts import ArtifactError, images, registry
+from infra.machines.provider import LocalMachines
 
 REGISTRY_PORT = 5000
 REPO = Path(__file__).resolve().parent.parent
@@ -21,17 +28,8 @@ def registry_endpoint(spec: spec_mod.ClusterSpec) -> str:
     return f"{spec.host_address}:{REGISTRY_PORT}"
 
 
-def bridge_name(spec: spec_mod.ClusterSpec) -> str:
-    """One host bridge per cluster, so two stacks on one host never share a network (IFNAMSIZ is 15)."""
-    return f"ph-{spec.name}"[:15]
-
-
-CLUSTERS_ROOT = Path.home() / ".local" / "share" / "pilothouse"
-
-
-def cluster_dir(spec: spec_mod.ClusterSpec) -> Path:
-    """Where the cluster's PKI, admin kubeconfig and playbook logs live on this host, kept across runs."""
-    return CLUSTERS_ROOT / spec.name
+def _image_digests() -> list[str]:
+    return sorted(t.digest for family in images.ensure_images(build=False) for t in family.tags)
 
 
 class _RegistryProvider(dynamic.ResourceProvider):
@@ -39,7 +37,7 @@ class _RegistryProvider(dynamic.ResourceProvider):
 
     def create(self, props):
         handle = registry.start([props["listen"]])
-        registry.push_all(handle.endpoint, images.ensure_images(), log=lambda _msg: None)
+        registry.push_all(handle.endpoint, images.ensure_images(build=False), log=lambda _msg: None)
         return dynamic.CreateResult(id_=props["listen"], outs={**props, "endpoint": handle.endpoint})
 
     def read(self, id_, props):
@@ -52,7 +50,7 @@ class _RegistryProvider(dynamic.ResourceProvider):
                                   replaces=["listen"] if moved else [])
 
     def update(self, id_, olds, news):
-        registry.push_all(olds["endpoint"], images.ensure_images(), log=lambda _msg: None)
+        registry.push_all(olds["endpoint"], images.ensure_images(build=False), log=lambda _msg: None)
         return dynamic.UpdateResult(outs={**news, "endpoint": olds["endpoint"]})
 
     def delete(self, id_, props):
@@ -64,8 +62,16 @@ class LocalRegistry(dynamic.Resource):
 
     def __init__(self, name: str, listen: str, opts: ResourceOptions | None = None):
         # The image digests are an input, so a rebuilt image is pushed by the next `pulumi up`.
-        digests = sorted(t.digest for family in images.ensure_images(log=lambda _msg: None) for t in family.tags)
-        super().__init__(_RegistryProvider(), name, {"listen": listen, "images": digests, "endpoint": None}, opts)
+        super().__init__(_RegistryProvider(), name,
+                         {"listen": listen, "images": _image_digests(), "endpoint": None}, opts)
+
+
+def machines_for(name: str, spec: spec_mod.ClusterSpec, opts: ResourceOptions) -> LocalMachines:
+    """The machines of the spec, from the backend it names."""
+    if spec.backend != "local":
+        raise pulumi.RunError(f"pilothouse:backend {spec.backend!r} is not wired into `pulumi up` yet; only "
+                              "`local` is (the libvirt and aws components are tested with Pulumi mocks only)")
+    return LocalMachines(name, spec, opts)
 
 
 @dataclass(frozen=True)
@@ -73,30 +79,8 @@ class ClusterArgs:
     spec: spec_mod.ClusterSpec
 
 
-class LocalMachines(pulumi.ComponentResource):
-    """Every machine of the spec as a systemd-nspawn machine on this host, sharing one SSH key."""
-
-    machines: list[local_provider.LocalMachine]
-    ssh_private_key: pulumi.Output[str]
-
-    def __init__(self, name: str, args: ClusterArgs, opts: ResourceOptions | None = None):
-        super().__init__("pilothouse:machines:LocalMachines", name, None, opts)
-        spec = args.spec
-        child = ResourceOptions(parent=self)
-        key = local_provider.SshKey(f"{name}-ssh", comment=f"pilothouse-{spec.name}", opts=child)
-        self.machines = [
-            local_provider.LocalMachine(f"{name}-{m.name}", local_provider.LocalMachineArgs(
-                name=m.name, address=m.address, cidr=str(spec.machine_cidr), bridge=bridge_name(spec),
-                ssh_public_key=key.public_key, ssh_private_key=key.private_key), opts=child)
-            for m in spec.machines
-        ]
-        self.ssh_private_key = key.private_key
-        self.register_outputs({"addresses": [m.address for m in self.machines],
-                               "ssh_private_key": self.ssh_private_key})
-
-
 class Cluster(pulumi.ComponentResource):
-    """Machines + registry + the configured Kubernetes cluster, for the local backend."""
+    """Machines + registry + the configured Kubernetes cluster."""
 
     admin_kubeconfig: pulumi.Output[str]
     inventory: pulumi.Output[str]
@@ -106,65 +90,51 @@ class Cluster(pulumi.ComponentResource):
     def __init__(self, name: str, args: ClusterArgs, opts: ResourceOptions | None = None):
         super().__init__("pilothouse:cluster:Cluster", name, None, opts)
         spec = args.spec
-        hosts = LocalMachines(f"{name}-machines", args, ResourceOptions(parent=self))
-        machines = hosts.machines
+        hosts = machines_for(f"{name}-machines", spec, ResourceOptions(parent=self))
         mirror = LocalRegistry(f"{name}-registry", registry_endpoint(spec),
-                               opts=ResourceOptions(parent=self, depends_on=machines))
-        workdir = cluster_dir(spec)
-        inventory = spec.inventory()
-        extravars = mirror.endpoint.apply(lambda endpoint: json.dumps(role_vars(spec, endpoint, workdir)))
-        playbook = configure.Playbook(
-            f"{name}-playbook", inventory=json.dumps(inventory), extravars=extravars,
+                               opts=ResourceOptions(parent=self, depends_on=hosts.machines))
+        workdir = playbook.cluster_dir(spec.name)
+        inventory = json.dumps(playbook.inventory(spec))
+        extravars = json.dumps(playbook.extravars(spec, f"http://{registry_endpoint(spec)}"))
+        run = playbook.Playbook(
+            f"{name}-playbook", inventory=inventory, extravars=extravars,
             ssh_private_key=hosts.ssh_private_key, log_dir=str(workdir / "logs"),
-            opts=ResourceOptions(parent=self, depends_on=[*machines, mirror]))
-        self.admin_kubeconfig = playbook.changed.apply(lambda _: str(workdir / "admin.kubeconfig"))
-        self.inventory = Output.from_input(json.dumps(inventory))
-        self.playbook_vars = extravars
+            opts=ResourceOptions(parent=self, depends_on=[*hosts.machines, mirror]))
+        self.admin_kubeconfig = run.changed.apply(lambda _: str(workdir / "admin.kubeconfig"))
+        self.inventory = Output.from_input(inventory)
+        self.playbook_vars = Output.from_input(extravars)
         self.ssh_private_key = hosts.ssh_private_key
         self.register_outputs({"admin_kubeconfig": self.admin_kubeconfig, "inventory": self.inventory,
                                "playbook_vars": self.playbook_vars, "ssh_private_key": self.ssh_private_key})
 
 
-def role_vars(spec: spec_mod.ClusterSpec, registry_endpoint: str, workdir: Path) -> dict:
-    """The variables of roles/README.md that the inventory (spec.inventory) does not carry."""
-    return {
-        # Only what the roles install: a new add-on artifact must not re-run the playbook.
-        "pilothouse_binaries": artifacts.binaries([artifacts.ensure_go(n) for n in ("kubernetes", "etcd")]),
-        "pilothouse_registry_mirror": f"http://{registry_endpoint}",
-        "pilothouse_pki_dir": str(workdir / "pki"),
-        "pilothouse_admin_kubeconfig": str(workdir / "admin.kubeconfig"),
-    }
-
-
-def load_balancer_range(spec: spec_mod.ClusterSpec) -> str:
-    """Addresses MetalLB hands to LoadBalancer Services: .200-.220 of the machine network, where no machine sits."""
-    net = spec.machine_cidr
-    if net.num_addresses < 256:
-        raise spec_mod.SpecError([f"machineCidr {net} is smaller than a /24: LoadBalancer Services take its "
-                                  ".200-.220; use a /24 or larger"])
-    return f"{net[200]}-{net[220]}"
-
-
-def main() -> None:
-    spec = spec_mod.from_pulumi_config()
-    if spec.backend != "local":
-        raise spec_mod.SpecError([f"backend {spec.backend!r}: only `local` is wired into `pulumi up` so far; "
-                                  "the libvirt and aws components are tested with mocks only"])
+def build(spec: spec_mod.ClusterSpec, manifests_dir: Path = REPO / "workloads", lb_range: str | None = None) -> None:
+    """The whole program for one spec: the cluster, its add-ons, the samples from `manifests_dir`, and the
+    stack outputs the invoke tasks read. `lb_range` is MetalLB's pool (default: the spec's)."""
     cluster = Cluster(spec.name, ClusterArgs(spec))
     used = tuple(m.address for m in spec.machines) + (spec.host_address,)
     cluster_addons = addons.Addons(f"{spec.name}-addons", addons.AddonsArgs(
-        kubeconfig=cluster.admin_kubeconfig, lb_address_range=load_balancer_range(spec),
+        kubeconfig=cluster.admin_kubeconfig, lb_address_range=lb_range or spec.lb_address_range,
         machine_cidr=str(spec.machine_cidr), used_addresses=used), opts=ResourceOptions(depends_on=[cluster]))
-    pulumi.export("ingress_address", cluster_addons.ingress_address)
     # The notes' sample workloads, after the add-ons they need (ingress, LoadBalancer, storage).
     workloads.Samples(f"{spec.name}-samples", workloads.SamplesArgs(
-        kubeconfig=workloads.kubeconfig_content(cluster.admin_kubeconfig), manifests_dir=REPO / "workloads",
-        keys_dir=cluster_dir(spec) / "workload-keys",
+        kubeconfig=workloads.kubeconfig_content(cluster.admin_kubeconfig), manifests_dir=manifests_dir,
+        keys_dir=playbook.cluster_dir(spec.name) / "workload-keys",
         node_labels=workloads.default_node_labels([m.name for m in spec.workers])),
         ResourceOptions(depends_on=[cluster, cluster_addons]))
+    pulumi.export("ingress_address", cluster_addons.ingress_address)
     pulumi.export("admin_kubeconfig", cluster.admin_kubeconfig)
     pulumi.export("inventory", cluster.inventory)
     pulumi.export("playbook_vars", cluster.playbook_vars)  # with the inventory: what `invoke playbook` re-runs
     pulumi.export("ssh_private_key", Output.secret(cluster.ssh_private_key))
     pulumi.export("machines", [{"name": m.name, "roles": list(m.roles), "address": m.address}
                                for m in spec.machines])
+
+
+def main() -> None:
+    # A refused spec or a missing artifact is a message for the user, not a program crash: RunError makes
+    # Pulumi print it without a Python traceback.
+    try:
+        build(spec_mod.from_pulumi_config())
+    except (spec_mod.SpecError, ArtifactError, addons.AddonsError) as exc:
+        raise pulumi.RunError(str(exc)) from None

@@ -6,13 +6,17 @@ plain dict (the `pilothouse:*` keys without their namespace) so it can be tested
 
 Machine addresses are fixed by role inside the machine CIDR, so a machine keeps its address across runs
 and backends: .1 is the host (bridge or gateway), load balancers .10-.19, masters .20-.29, external etcd
-members .30-.39, workers .40 up to the end of the network.
+members .30-.39, workers .40-.199, and .200-.220 are MetalLB's LoadBalancer addresses; so the machine CIDR
+is a /24 or larger. The machine, pod and service CIDRs are private (RFC 1918 or 100.64.0.0/10) unless
+allowPublicCidrs says otherwise.
 """
 
 from __future__ import annotations
 
 import difflib
+import functools
 import ipaddress
+import math
 import re
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -32,8 +36,30 @@ NODE_POD_PREFIX = 24
 # kube-apiserver refuses an IPv4 service range larger than a /12 (2^20 addresses).
 MAX_SERVICE_PREFIX = 12
 MIN_SERVICE_PREFIX = 24
+# Offsets of the first and last address MetalLB may hand out; workers must stay below the first.
+LB_RANGE = (200, 220)
 # Offset of the first address of each role in the machine CIDR, and how many addresses it may use.
-LAYOUT = {"lb": (10, 10), "master": (20, 10), "etcd": (30, 10), "worker": (40, None)}
+LAYOUT = {"lb": (10, 10), "master": (20, 10), "etcd": (30, 10), "worker": (40, LB_RANGE[0] - 40)}
+# The count key and the plural of each role, for messages.
+ROLE_KEYS = {"lb": "lbs", "master": "masters", "etcd": "etcdNodes", "worker": "workers"}
+ROLE_NAMES = {"lb": "load balancers", "master": "masters", "etcd": "external etcd members", "worker": "workers"}
+# The layout reaches .220, so the machine network must hold 256 addresses.
+MIN_MACHINE_PREFIX = 24
+# Longest hostname label (RFC 1123); the local backend allows fewer (local_name_limit()).
+MAX_NAME = 63
+# Private ranges: public addresses used inside the cluster would shadow the real hosts that own them
+# (and the machine network is routed to the host's bridge).
+PRIVATE_NETWORKS = tuple(
+    ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10")
+)
+# Ranges that cannot carry unicast traffic between hosts at all, allowPublicCidrs or not.
+NEVER_NETWORKS = {
+    ipaddress.ip_network("0.0.0.0/8"): "'this network' (0.0.0.0/8)",
+    ipaddress.ip_network("127.0.0.0/8"): "loopback (127.0.0.0/8)",
+    ipaddress.ip_network("169.254.0.0/16"): "link-local (169.254.0.0/16)",
+    ipaddress.ip_network("224.0.0.0/4"): "multicast (224.0.0.0/4)",
+    ipaddress.ip_network("240.0.0.0/4"): "reserved (240.0.0.0/4)",
+}
 DNS_1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
 
@@ -62,9 +88,14 @@ KEYS: dict[str, Key] = {
     "kubernetesVersion": Key(
         str, "", "Kubernetes version; empty means the one pinned in infra/artifacts/lock.yaml."
     ),
-    "machineCidr": Key(str, "10.77.0.0/24", "Network the machines live on; .1 is the host."),
+    "machineCidr": Key(
+        str, "10.77.0.0/24", "Network the machines live on, a /24 or larger; .1 is the host."
+    ),
     "podCidr": Key(str, "10.244.0.0/16", "Pod addresses; each node gets a /24 of it."),
     "serviceCidr": Key(str, "10.96.0.0/12", "ClusterIP Service addresses; the 10th is the cluster DNS."),
+    "allowPublicCidrs": Key(
+        bool, False, "Accept machine, pod and service CIDRs outside RFC 1918 and 100.64.0.0/10 (you own them)."
+    ),
     "podNetwork": Key(str, "routed", "How pod traffic crosses nodes: routed (static routes) or vxlan."),
     "masterName": Key(str, "master", "Name part of master machines: <clusterName>-<masterName>-<n>."),
     "workerName": Key(str, "worker", "Name part of worker machines."),
@@ -177,80 +208,73 @@ class ClusterSpec:
             return self.vip
         return (self.lbs or self.masters)[0].address
 
-    def inventory(self, addresses: Mapping[str, str] | None = None, ssh_user: str | None = None) -> dict:
-        """The Ansible inventory (YAML inventory layout) for this cluster.
-
-        `addresses` maps machine name to the address Ansible connects to (a cloud machine's public
-        address); machines not in it are reached on their machine-network address.
-        """
-        addresses = addresses or {}
-        hosts = {}
-        for m in self.machines:
-            host = {"ansible_host": addresses.get(m.name, m.address), "pilothouse_node_address": m.address}
-            if m.pod_subnet:
-                host["pilothouse_pod_subnet"] = m.pod_subnet
-            hosts[m.name] = host
-        # Named as the roles' interface (roles/README.md): every variable carries the project prefix.
-        cluster_vars = {
-            "pilothouse_cluster_name": self.name,
-            "pilothouse_kubernetes_version": self.kubernetes_version,
-            "pilothouse_machine_cidr": str(self.machine_cidr),
-            "pilothouse_pod_cidr": str(self.pod_cidr),
-            "pilothouse_service_cidr": str(self.service_cidr),
-            "pilothouse_service_ip": self.first_service_ip,
-            "pilothouse_cluster_dns": self.cluster_dns,
-            "pilothouse_pod_network": self.pod_network,
-            "pilothouse_api_endpoint": self.api_address,
-            "pilothouse_api_port": API_PORT,
-            "pilothouse_api_vip": self.vip or "",
-            "pilothouse_etcd_stacked": self.stacked_etcd,
-        }
-        if ssh_user:
-            cluster_vars["ansible_user"] = ssh_user
-
-        def group(machines: tuple[Machine, ...]) -> dict:
-            return {"hosts": {m.name: {} for m in machines}}
-
-        return {
-            "all": {
-                "hosts": hosts,
-                "vars": cluster_vars,
-                "children": {
-                    "etcd": group(self.etcd),
-                    "kube_control_plane": group(self.masters),
-                    # Masters run a kubelet too (tainted), so the API server can reach pod IPs (webhooks).
-                    "kube_node": group(self.nodes),
-                    "lb": group(self.lbs),
-                },
-            }
-        }
+    @property
+    def lb_address_range(self) -> str:
+        """Addresses MetalLB hands to LoadBalancer Services: .200-.220 of the machine network, above every
+        machine (the spec refuses a machine network too small to hold them)."""
+        return f"{self.machine_cidr[LB_RANGE[0]]}-{self.machine_cidr[LB_RANGE[1]]}"
 
 
 def known_kubernetes_versions(lock: Path = LOCK) -> tuple[str, ...]:
-    version = yaml.safe_load(lock.read_text())["go"]["kubernetes"]["version"]
+    # libyaml's loader when present: the pure-Python one takes ~70 ms on the lock file, per spec built.
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    version = yaml.load(lock.read_text(), Loader=loader)["go"]["kubernetes"]["version"]
     return (version,) if isinstance(version, str) else tuple(version)
 
 
 def from_pulumi_config() -> ClusterSpec:
-    """Build the spec from the `pilothouse` namespace of the current stack's config."""
+    """Build the spec from the `pilothouse` namespace of the running Pulumi program's stack config."""
     import pulumi  # only here, so the rest of this module is usable without a Pulumi engine
+    from pulumi.runtime import config as runtime_config
 
     config = pulumi.Config("pilothouse")
-    getters = {bool: config.get_bool, int: config.get_int, str: config.get}
-    cfg: dict = {}
+    raw: dict[str, object] = {key: config.get(key) for key in KEYS}
+    # Pulumi type-checks the keys Pulumi.yaml declares but passes undeclared ones through silently, so a
+    # misspelt key would be ignored; the runtime's config holds every stack key, and _typed reports strays.
+    for full in {*runtime_config.get_config_env(), *runtime_config.CONFIG.get()}:
+        namespace, _, key = full.partition(":")
+        if namespace == "pilothouse" and key not in KEYS:
+            raw[key] = runtime_config.get_config(full)
+    return from_stack_config(raw)
+
+
+def from_stack_config(values: Mapping[str, object]) -> ClusterSpec:
+    """Build the spec from a stack's config as Pulumi keeps it: the `config` block of Pulumi.<stack>.yaml,
+    or the Automation API's `Stack.get_all_config()` (every value a string); keys with or without their
+    `pilothouse:` namespace, other namespaces ignored. Strings are read as pulumi.Config reads them
+    (get_bool, get_int), so `invoke` can check a stack before starting Pulumi and refuse exactly what the
+    program would."""
+    cfg: dict[str, object] = {}
     problems: list[str] = []
-    for key, declared in KEYS.items():
-        try:
-            value = getters[declared.type](key)
-        except pulumi.ConfigTypeError:
-            problems.append(
-                f"pilothouse:{key} must be {_type_name(declared.type)}; "
-                f"fix it with `pulumi config set --type {_pulumi_type(declared.type)} pilothouse:{key} ...`"
-            )
+    for full, value in values.items():
+        namespace, _, key = full.rpartition(":")
+        if namespace not in ("", "pilothouse") or value is None:
             continue
-        if value is not None:
-            cfg[key] = value
+        if isinstance(value, Mapping) and "secure" in value:
+            continue  # encrypted in the stack file; the program checks it once Pulumi has decrypted it
+        declared = KEYS.get(key)
+        if declared is None or declared.type is str or not isinstance(value, str):
+            cfg[key] = value  # unknown keys and wrong types are reported by _typed
+            continue
+        parsed = _parse(declared.type, value)
+        if parsed is None:
+            problems.append(
+                f"pilothouse:{key} must be {_type_name(declared.type)}, not {value!r}; fix it with "
+                f"`pulumi config set --type {_pulumi_type(declared.type)} pilothouse:{key} <value>`"
+            )
+        else:
+            cfg[key] = parsed
     return _build(cfg, problems)
+
+
+def _parse(t: type, text: str) -> bool | int | None:
+    """A config string as pulumi.Config.get_bool / get_int read it; None when they would refuse it."""
+    if t is bool:
+        return {"true": True, "True": True, "false": False, "False": False}.get(text)
+    try:
+        return int(text)
+    except ValueError:
+        return None
 
 
 def from_config(cfg: Mapping[str, object]) -> ClusterSpec:
@@ -273,8 +297,10 @@ def _typed(cfg: Mapping[str, object], problems: list[str]) -> tuple[dict, set[st
     for key in cfg:
         if key not in KEYS:
             close = difflib.get_close_matches(key, KEYS, n=1)
-            hint = f"did you mean {close[0]}?" if close else f"known keys: {', '.join(KEYS)}"
-            problems.append(f"unknown config key pilothouse:{key}; {hint}")
+            hint = f"did you mean {close[0]}?" if close else f"the known keys are {', '.join(KEYS)}."
+            problems.append(
+                f"unknown config key pilothouse:{key}; {hint} Rename or remove it (Pulumi.yaml declares every key)"
+            )
     for key, declared in KEYS.items():
         value = cfg.get(key, declared.default)
         # bool is an int in Python; a count given as true/false is a mistake, not 1/0.
@@ -283,7 +309,8 @@ def _typed(cfg: Mapping[str, object], problems: list[str]) -> tuple[dict, set[st
             if declared.type is bool and isinstance(value, str) and value.lower() in ("true", "false"):
                 hint = f"the string {value!r} is not a boolean; write {value.lower()} without quotes"
             else:
-                hint = f"got {type(value).__name__} {value!r}"
+                hint = (f"got {type(value).__name__} {value!r}; set it with "
+                        f"`pulumi config set --type {_pulumi_type(declared.type)} pilothouse:{key} <value>`")
             problems.append(f"pilothouse:{key} must be {_type_name(declared.type)}: {hint}")
             bad.add(key)
         values[key] = value
@@ -291,20 +318,54 @@ def _typed(cfg: Mapping[str, object], problems: list[str]) -> tuple[dict, set[st
 
 
 def _network(key: str, text: str, problems: list[str]) -> ipaddress.IPv4Network | None:
+    example = KEYS[key].default or "203.0.113.7/32"
     try:
         net = ipaddress.ip_network(text)
     except ValueError:
         try:
             loose = ipaddress.ip_network(text, strict=False)
         except ValueError:
-            problems.append(f"pilothouse:{key} {text!r} is not a CIDR; write it like 10.77.0.0/24")
+            problems.append(f"pilothouse:{key} {text!r} is not a CIDR; write it like {example}")
             return None
         problems.append(f"pilothouse:{key} {text!r} has host bits set; did you mean {loose}?")
         return None
     if net.version != 4:
-        problems.append(f"pilothouse:{key} {text!r} is IPv6; this cluster is IPv4 only, use an IPv4 CIDR")
+        problems.append(
+            f"pilothouse:{key} {text!r} is IPv6; this cluster is IPv4 only, use an IPv4 CIDR like {example}"
+        )
         return None
     return net
+
+
+def _check_scope(key: str, net: ipaddress.IPv4Network, allow_public: bool | None, problems: list[str]) -> None:
+    """Refuse ranges that cannot carry the cluster's traffic, and public ones unless allowed (None: the
+    allowPublicCidrs value itself was unusable, which is reported already)."""
+    never = [what for special, what in NEVER_NETWORKS.items() if net.overlaps(special)]
+    if never:
+        problems.append(
+            f"pilothouse:{key} {net} overlaps the {never[0]} range, which cannot be routed between machines; "
+            f"use a private range such as {KEYS[key].default}"
+        )
+    elif allow_public is False and not any(net.subnet_of(private) for private in PRIVATE_NETWORKS):
+        shadowed = {
+            "machineCidr": "this host would route it to the cluster's bridge",
+            "podCidr": "the cluster would route it to its pods",
+            "serviceCidr": "every node would route it to the cluster's Services",
+        }[key]
+        problems.append(
+            f"pilothouse:{key} {net} is not a private network: {shadowed} and lose the real hosts that own "
+            "those addresses; use a range inside 10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16 or "
+            f"100.64.0.0/10 (e.g. {KEYS[key].default}), or set pilothouse:allowPublicCidrs true if you own {net}"
+        )
+
+
+@functools.cache
+def local_name_limit() -> int:
+    """The longest machine name the local backend boots. infra/machines/local.py states it only in its
+    NAME_RE, so it is read from there rather than repeated here."""
+    from infra.machines import local  # late: it pulls in paramiko, which only the local backend needs
+
+    return max(n for n in range(1, MAX_NAME + 1) if local.NAME_RE.match("a" * n))
 
 
 def _build(cfg: Mapping[str, object], problems: list[str]) -> ClusterSpec:
@@ -348,12 +409,14 @@ def _build(cfg: Mapping[str, object], problems: list[str]) -> ClusterSpec:
     if counts_ok:
         _check_counts(v, usable("ha"), problems)
 
-    # Networks: each valid, then no two overlapping (routing would be ambiguous).
+    # Networks: each valid and routable, then no two overlapping (routing would be ambiguous).
+    allow_public = v["allowPublicCidrs"] if usable("allowPublicCidrs") else None
     nets = {}
     for key in ("machineCidr", "podCidr", "serviceCidr"):
         if usable(key):
             net = _network(key, v[key], problems)
             if net is not None:
+                _check_scope(key, net, allow_public, problems)
                 nets[key] = net
     names = list(nets)
     for i, a in enumerate(names):
@@ -363,6 +426,15 @@ def _build(cfg: Mapping[str, object], problems: list[str]) -> ClusterSpec:
                     f"pilothouse:{a} {nets[a]} overlaps pilothouse:{b} {nets[b]}; every pair of machine, pod "
                     "and service CIDRs must be disjoint (e.g. 10.77.0.0/24, 10.244.0.0/16, 10.96.0.0/12)"
                 )
+    machine_net = nets.get("machineCidr")
+    if machine_net is not None and machine_net.prefixlen > MIN_MACHINE_PREFIX:
+        problems.append(
+            f"pilothouse:machineCidr {machine_net} has {machine_net.num_addresses} addresses, but machines are "
+            "laid out by role up to .220: load balancers .10, masters .20, external etcd .30, workers "
+            f".40-.{LB_RANGE[0] - 1}, then MetalLB's LoadBalancer addresses .{LB_RANGE[0]}-.{LB_RANGE[1]}; "
+            f"use a /{MIN_MACHINE_PREFIX} or larger, e.g. {machine_net.supernet(new_prefix=MIN_MACHINE_PREFIX)}"
+        )
+        machine_net = None  # no layout to check against
     service = nets.get("serviceCidr")
     if service is not None and service.prefixlen > MIN_SERVICE_PREFIX:
         problems.append(
@@ -383,16 +455,19 @@ def _build(cfg: Mapping[str, object], problems: list[str]) -> ClusterSpec:
             "use e.g. 10.244.0.0/16"
         )
     elif pod is not None and node_count > 2 ** (NODE_POD_PREFIX - pod.prefixlen):
+        needed = NODE_POD_PREFIX - math.ceil(math.log2(node_count))
         problems.append(
             f"pilothouse:podCidr {pod} holds {2 ** (NODE_POD_PREFIX - pod.prefixlen)} node subnets of "
-            f"/{NODE_POD_PREFIX} but the cluster has {node_count} nodes; use a larger podCidr"
+            f"/{NODE_POD_PREFIX} but the cluster has {node_count} nodes; use a larger podCidr, a /{needed} or "
+            "larger (e.g. 10.244.0.0/16)"
         )
 
     machines: tuple[Machine, ...] = ()
-    machine_net = nets.get("machineCidr")
     names_ok = usable("clusterName", "masterName", "workerName", "lbName", "etcdName")
     if machine_net is not None and counts_ok and names_ok:
         machines = _machines(v, machine_net, pod, problems)
+        if usable("backend"):
+            _check_name_lengths(v, machines, problems)
 
     vip = v["vip"] or None
     if usable("vip", "lbs") and counts_ok:
@@ -403,7 +478,10 @@ def _build(cfg: Mapping[str, object], problems: list[str]) -> ClusterSpec:
     if usable("backend") and backend == "libvirt":
         for key in ("libvirtUri", "libvirtPool", "libvirtImage"):
             if usable(key) and not v[key]:
-                problems.append(f"pilothouse:{key} is empty; the libvirt backend needs it (see Pulumi.yaml)")
+                problems.append(
+                    f"pilothouse:{key} is empty; the libvirt backend needs it: `pulumi config rm "
+                    f"pilothouse:{key}` for the default ({KEYS[key].default}) or set it"
+                )
 
     if problems:
         raise SpecError(problems)
@@ -446,17 +524,18 @@ def _check_counts(v: dict, ha_usable: bool, problems: list[str]) -> None:
     if v["ha"]:
         if members == 1:
             problems.append(
-                f"{where} gives 1 etcd member, which cannot survive a failure; with ha true use 3, 5 or 7"
+                f"{where} gives 1 etcd member, which cannot survive a failure; with ha true use 3, 5 or 7 "
+                "(or set pilothouse:ha false)"
             )
         if masters < 2:
             problems.append(
-                f"ha is true but pilothouse:masters is {masters}; HA needs at least 2 API servers behind the load "
-                "balancer (3 recommended), or set ha false"
+                f"pilothouse:ha is true but pilothouse:masters is {masters}; HA needs at least 2 API servers "
+                "behind the load balancer (3 recommended), or set ha false"
             )
         if lbs < 1:
             problems.append(
-                "ha is true but pilothouse:lbs is 0; the API servers need a load balancer in front: set lbs to 1 "
-                "(or 2 with a vip), or set ha false"
+                "pilothouse:ha is true but pilothouse:lbs is 0; the API servers need a load balancer in front: "
+                "set lbs to 1 (or 2 with a vip), or set ha false"
             )
 
 
@@ -470,7 +549,6 @@ def _machines(
         ("etcd", v["etcdName"], v["etcdNodes"], ("etcd",)),
         ("worker", v["workerName"], v["workers"], ("worker",)),
     ]
-    last_host = net.num_addresses - 2  # offset of the last usable address (the one before broadcast)
     subnets = (
         pod.subnets(new_prefix=NODE_POD_PREFIX)
         if pod is not None and pod.prefixlen <= NODE_POD_PREFIX
@@ -479,12 +557,13 @@ def _machines(
     machines = []
     for role, part, count, roles in plan:
         start, room = LAYOUT[role]
-        room = room if room is not None else last_host - start + 1
         if count > room:
+            # The layout is fixed by offset, so a larger machineCidr does not make room.
+            why = (f"; .{LB_RANGE[0]}-.{LB_RANGE[1]} are MetalLB's LoadBalancer addresses" if role == "worker"
+                   else "")
             problems.append(
-                f"{count} {role} machines do not fit pilothouse:machineCidr {net}: role {role} has "
-                f"{max(room, 0)} addresses from .{start}; use fewer, or a larger machineCidr (a /24 holds "
-                f"10 per role and {254 - LAYOUT['worker'][0] + 1} workers)"
+                f"pilothouse:{ROLE_KEYS[role]} is {count}, but {ROLE_NAMES[role]} have {room} addresses "
+                f"(.{start}-.{start + room - 1} of machineCidr{why}); use at most {room}"
             )
             continue
         for i in range(count):
@@ -494,18 +573,37 @@ def _machines(
                 pod_subnet = next(subnets, None)
             name = f"{v['clusterName']}-{part}-{i + 1}"
             machines.append(Machine(name, roles, str(net[start + i]), pod_subnet and str(pod_subnet)))
-    too_long = [m.name for m in machines if len(m.name) > 63]
-    if too_long:
-        problems.append(
-            f"machine names such as {too_long[0]!r} are longer than 63 characters; shorten pilothouse:clusterName"
-        )
     repeated = sorted(n for n, c in Counter(m.name for m in machines).items() if c > 1)
     if repeated:
         problems.append(
-            f"machine names repeat ({', '.join(repeated)}); give masterName, workerName, lbName and etcdName "
-            "different values"
+            f"machine names repeat ({', '.join(repeated)}); give pilothouse:masterName, workerName, lbName and "
+            "etcdName different values"
         )
     return tuple(machines)
+
+
+def _check_name_lengths(v: dict, machines: tuple[Machine, ...], problems: list[str]) -> None:
+    """Every machine name must be a hostname label, and short enough for the backend that boots it."""
+    if not machines:
+        return
+    local = v["backend"] == "local"
+    limit = local_name_limit() if local else MAX_NAME
+    longest = max(machines, key=lambda m: len(m.name)).name
+    cut = len(longest) - limit
+    if cut <= 0:
+        return
+    what = f"the local backend boots names of at most {limit}" if local else f"a hostname allows at most {limit}"
+    cluster = v["clusterName"]
+    # <clusterName>-<part>-<n>: say which of the two can give up the characters.
+    part = longest[len(cluster) + 1 :].rsplit("-", 1)[0]
+    key = next(k for k in ("masterName", "workerName", "lbName", "etcdName") if v[k] == part)
+    if cut < len(cluster):
+        fix = f"shorten pilothouse:clusterName by {cut} characters (to {len(cluster) - cut} or fewer)"
+    elif cut < len(part):
+        fix = f"shorten pilothouse:{key} {part!r} by {cut} characters"
+    else:
+        fix = f"shorten pilothouse:clusterName and pilothouse:{key} by {cut} characters between them"
+    problems.append(f"machine name {longest!r} is {len(longest)} characters and {what}; {fix}")
 
 
 def _check_vip(
@@ -515,52 +613,64 @@ def _check_vip(
     machines: tuple[Machine, ...],
     problems: list[str],
 ) -> None:
+    example = f"{net[5]}" if net is not None else ".5 of machineCidr"
     if lbs >= 2 and not vip:
         problems.append(
             f"pilothouse:lbs is {lbs}, so keepalived needs a virtual address: set pilothouse:vip to a free "
-            "address in machineCidr (e.g. .5)"
+            f"address in machineCidr (e.g. {example})"
         )
         return
     if vip and lbs < 2:
         problems.append(
-            f"pilothouse:vip is set but lbs is {lbs}; a vip needs 2 or more load balancers: set lbs 2 or unset vip"
+            f"pilothouse:vip is set but pilothouse:lbs is {lbs}; a vip needs 2 or more load balancers: set lbs "
+            "to 2 or unset vip"
         )
     if not vip:
         return
     try:
         address = ipaddress.IPv4Address(vip)
     except ValueError:
-        problems.append(f"pilothouse:vip {vip!r} is not an IPv4 address")
+        problems.append(f"pilothouse:vip {vip!r} is not an IPv4 address; write one like {example}")
         return
     if net is None:
         return
     if address not in net or address in (net.network_address, net.broadcast_address):
         problems.append(
-            f"pilothouse:vip {vip} is not a usable address of machineCidr {net}; pick one inside it"
+            f"pilothouse:vip {vip} is not a usable address of machineCidr {net}; pick one inside it "
+            f"(e.g. {example})"
         )
     elif address == net[1]:
-        problems.append(f"pilothouse:vip {vip} is the host's address on the machine network; pick another")
+        problems.append(
+            f"pilothouse:vip {vip} is the host's address on the machine network; pick another (e.g. {example})"
+        )
+    elif net[LB_RANGE[0]] <= address <= net[LB_RANGE[1]]:
+        problems.append(
+            f"pilothouse:vip {vip} is in MetalLB's LoadBalancer range {net[LB_RANGE[0]]}-{net[LB_RANGE[1]]}, "
+            f"where a Service could take it; pick a free address below .10 (e.g. {example})"
+        )
     else:
         taken = [m.name for m in machines if m.address == vip]
         if taken:
-            problems.append(f"pilothouse:vip {vip} is {taken[0]}'s address; pick a free one (e.g. .5)")
+            problems.append(f"pilothouse:vip {vip} is {taken[0]}'s address; pick a free one (e.g. {example})")
 
 
 def _check_aws(v: dict, usable: Callable[..., bool], problems: list[str]) -> None:
     if usable("lbs") and v["lbs"] >= 2:
         problems.append(
-            "backend aws cannot move a keepalived vip (a VPC has no layer-2 failover); set lbs to 1 on aws"
+            "pilothouse:backend aws cannot move a keepalived vip (a VPC has no layer-2 failover); set "
+            "pilothouse:lbs to 1 and unset pilothouse:vip on aws"
         )
     if usable("podNetwork") and v["podNetwork"] != "vxlan":
         problems.append(
-            "backend aws needs pilothouse:podNetwork vxlan: security groups filter by source, and routed pod "
-            "traffic from node addresses would need every port open between nodes"
+            "pilothouse:backend aws needs pilothouse:podNetwork vxlan: security groups filter by source, and "
+            "routed pod traffic from node addresses would need every port open between nodes"
         )
     if not usable("operatorCidr"):
         return
     if not v["operatorCidr"]:
         problems.append(
-            "backend aws needs pilothouse:operatorCidr, the addresses allowed SSH and API access (your IP/32)"
+            "pilothouse:backend aws needs pilothouse:operatorCidr, the addresses allowed SSH and API access: "
+            "`pulumi config set pilothouse:operatorCidr <your IP>/32`"
         )
         return
     operator = _network("operatorCidr", v["operatorCidr"], problems)

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 
 import paramiko
 
+from infra.kube import Kubectl
+
 # The systemd units each role runs (roles/*/templates); keepalived only exists with 2+ LBs.
 SERVICES = {
     "lb": ["haproxy"],
@@ -52,15 +54,10 @@ def _services(machine: dict, key: str) -> dict[str, str]:
     return dict(zip(units, states))
 
 
-def _kubectl_json(kubectl: str, kubeconfig: str, *args: str) -> dict:
-    out = subprocess.run([kubectl, "--kubeconfig", kubeconfig, "--request-timeout=10s", *args, "-o", "json"],
-                         capture_output=True, text=True, timeout=30)
-    if out.returncode:
-        raise RuntimeError(out.stderr.strip())
-    return json.loads(out.stdout)
-
-
-def collect(machines: list[dict], ssh_key: str, kubeconfig: str, kubectl: str) -> Report:
+def collect(machines: list[dict], ssh_key: str, kubeconfig: str) -> Report:
+    """The report; `kubeconfig` is the admin kubeconfig's path (its server is the load balancer)."""
+    # An operator wants the answer fast: each request gives up after 10 s, each command after 30 s.
+    kube = Kubectl(kubeconfig, timeout=30)
     with ThreadPoolExecutor(max_workers=8) as pool:
         states = list(pool.map(lambda m: _services(m, ssh_key), machines))
     report = Report([{**m, "services": s} for m, s in zip(machines, states)])
@@ -82,16 +79,16 @@ def collect(machines: list[dict], ssh_key: str, kubeconfig: str, kubectl: str) -
         report.problems.append(f"etcd: status unavailable ({exc})")
     try:
         for lease in ("kube-controller-manager", "kube-scheduler"):
-            holder = _kubectl_json(kubectl, kubeconfig, "-n", "kube-system", "get", "lease", lease)
+            holder = kube.json("--request-timeout=10s", "-n", "kube-system", "get", "lease", lease)
             report.leases[lease] = holder["spec"].get("holderIdentity", "").split("_")[0]
             if not report.leases[lease]:
                 report.problems.append(f"lease {lease} has no holder")
-        for node in _kubectl_json(kubectl, kubeconfig, "get", "nodes")["items"]:
+        for node in kube.json("--request-timeout=10s", "get", "nodes")["items"]:
             ready = any(c["type"] == "Ready" and c["status"] == "True" for c in node["status"]["conditions"])
             report.nodes[node["metadata"]["name"]] = ready
         kubelets = {m["name"] for m in machines if {"master", "worker"} & set(m["roles"])}
         report.problems += [f"node {n} is not Ready" for n in sorted(kubelets) if not report.nodes.get(n)]
-    except (RuntimeError, subprocess.TimeoutExpired, ValueError, KeyError) as exc:
+    except (subprocess.SubprocessError, ValueError, KeyError) as exc:   # KubectlError, TimeoutExpired
         report.problems.append(f"API server (through the load balancer) does not answer: {exc}")
     return report
 

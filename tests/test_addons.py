@@ -1,34 +1,25 @@
-"""The cluster add-ons (infra/addons.py) on a live cluster: MetalLB gives LoadBalancer Services an address
+"""The cluster add-ons (infra/addons/) on a live cluster: MetalLB gives LoadBalancer Services an address
 the host reaches, Traefik routes Ingresses by host and path and serves their TLS Secrets, and
 local-path-provisioner binds claims on the default StorageClass to data that outlives its pod.
 
-The live tests share one small cluster (1 master, 2 workers, 1 haproxy LB: the roles need an `lb` group) on its own network, brought up with
-the cluster program first and then with the add-ons, so the second `pulumi up` times the add-ons alone.
+The live tests run on the session's shared cluster (tests/conftest.py), in a namespace of their own.
 """
 from __future__ import annotations
 
 import datetime
 import http.client
 import ipaddress
-import json
 import socket
 import ssl
-import subprocess
 import time
-from pathlib import Path
 
-import pulumi
 import pytest
 import yaml
 
-from infra import addons, artifacts, program, stack
-from infra import spec as spec_mod
+from infra import addons, artifacts
+from infra.kube import Kubectl, KubectlError
 
-CONFIG = {"pilothouse:clusterName": "phaddons", "pilothouse:ha": "false", "pilothouse:masters": "1",
-          "pilothouse:workers": "2", "pilothouse:lbs": "1", "pilothouse:machineCidr": "10.78.0.0/24"}
-LB_RANGE = "10.78.0.200-10.78.0.220"
 NS = "addons-test"
-live = [pytest.mark.artifacts, pytest.mark.machines]
 
 
 # ---- fast checks, no cluster ---------------------------------------------------------------------------
@@ -78,58 +69,13 @@ def test_the_metallb_manifests_are_the_pinned_modules_own():
 
 # ---- the live cluster -----------------------------------------------------------------------------------
 
-def _cluster_program(with_addons: bool):
-    def run() -> None:
-        spec = spec_mod.from_pulumi_config()
-        cluster = program.Cluster(spec.name, program.ClusterArgs(spec))
-        pulumi.export("admin_kubeconfig", cluster.admin_kubeconfig)
-        if with_addons:
-            used = tuple(m.address for m in spec.machines) + (spec.host_address,)
-            deployed = addons.Addons("addons", addons.AddonsArgs(
-                kubeconfig=cluster.admin_kubeconfig, lb_address_range=LB_RANGE,
-                machine_cidr=str(spec.machine_cidr), used_addresses=used),
-                opts=pulumi.ResourceOptions(depends_on=[cluster]))
-            pulumi.export("ingress_address", deployed.ingress_address)
-            pulumi.export("webhook_wait_seconds", deployed.webhook_wait_seconds)
-    return run
-
-
-class Kube:
-    def __init__(self, kubeconfig: str):
-        self.kubectl = str(artifacts.ensure_go("kubernetes").file("kubectl"))
-        self.kubeconfig = kubeconfig
-
-    def __call__(self, *args: str, input: str | None = None, timeout: float = 120) -> str:
-        proc = subprocess.run([self.kubectl, "--kubeconfig", self.kubeconfig, *args], input=input,
-                              capture_output=True, text=True, timeout=timeout, check=False)
-        if proc.returncode != 0:
-            raise AssertionError(f"kubectl {' '.join(args)} failed: {proc.stderr.strip()}")
-        return proc.stdout
-
-    def apply(self, *objs: dict) -> None:
-        self("apply", "-f", "-", input=yaml.safe_dump_all(objs))
-
-    def get(self, *args: str) -> dict:
-        return json.loads(self("get", "-o", "json", *args))
-
-
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    st = stack.select_stack("addons", _cluster_program(False), tmp_path_factory.mktemp("state"), config=CONFIG)
-    try:
-        st.up()
-        started = time.monotonic()
-        outputs = st.up(program=_cluster_program(True)).outputs
-        seconds = time.monotonic() - started
-        print(f"\nadd-ons deployed in {seconds:.1f}s (MetalLB webhooks admitted after "
-              f"{outputs['webhook_wait_seconds'].value}s of it); Traefik at {outputs['ingress_address'].value}")
-        kube = Kube(outputs["admin_kubeconfig"].value)
-        kube("create", "namespace", NS)
-        yield kube, outputs, seconds, st
-    finally:
-        st.destroy()
-        st.workspace.remove_stack("addons")
-        (stack.REPO / "Pulumi.addons.yaml").unlink(missing_ok=True)
+def cluster(shared_cluster):
+    """The shared cluster (tests/conftest.py), with a namespace of this module's own."""
+    kube = Kubectl(shared_cluster.kubeconfig, timeout=120)
+    kube.run("create", "namespace", NS)
+    yield kube, shared_cluster
+    kube.run("delete", "namespace", NS, "--wait=false", check=False)
 
 
 def _eventually(fn, timeout: float = 120, interval: float = 2):
@@ -137,7 +83,7 @@ def _eventually(fn, timeout: float = 120, interval: float = 2):
     while True:
         try:
             return fn()
-        except (AssertionError, OSError, http.client.HTTPException) as e:
+        except (AssertionError, KubectlError, OSError, http.client.HTTPException) as e:
             if time.monotonic() > deadline:
                 raise AssertionError(f"still failing after {timeout:.0f}s: {e}") from e
             time.sleep(interval)
@@ -177,16 +123,16 @@ def _deployment(name: str, image: str, port: int) -> list[dict]:
 
 @pytest.mark.artifacts
 @pytest.mark.machines
-def test_addons_deploy_in_bounded_time_and_publish_the_ingress_address(cluster):
-    kube, outputs, seconds, _ = cluster
-    address = outputs["ingress_address"].value
-    first, last = addons.parse_address_range(LB_RANGE)
-    assert first <= ipaddress.IPv4Address(address) <= last, f"Traefik's address {address} is not from {LB_RANGE}"
-    assert seconds < 600, f"the add-ons took {seconds:.0f}s to deploy"
+def test_every_addon_is_ready_and_traefik_has_an_address_from_the_pool(cluster):
+    kube, live = cluster
+    address = live.outputs["ingress_address"]
+    first, last = addons.parse_address_range(live.spec.lb_address_range)
+    assert first <= ipaddress.IPv4Address(address) <= last, \
+        f"Traefik's address {address} is not from {live.spec.lb_address_range}"
     for ns, kind, name in (("metallb-system", "deployment", "controller"), ("metallb-system", "daemonset", "speaker"),
                            ("traefik", "deployment", "traefik"),
                            ("local-path-storage", "deployment", "local-path-provisioner")):
-        obj = kube.get("-n", ns, kind, name)
+        obj = kube.json("get", "-n", ns, kind, name)
         status = obj["status"]
         ready = status.get("readyReplicas") if kind == "deployment" else status.get("numberReady")
         wanted = obj["spec"].get("replicas") if kind == "deployment" else status.get("desiredNumberScheduled")
@@ -195,28 +141,21 @@ def test_addons_deploy_in_bounded_time_and_publish_the_ingress_address(cluster):
 
 @pytest.mark.artifacts
 @pytest.mark.machines
-def test_a_second_pulumi_up_leaves_the_addons_unchanged(cluster):
-    st = cluster[3]
-    result = st.up(program=_cluster_program(True), expect_no_changes=True)
-    assert set(result.summary.resource_changes) == {"same"}, result.summary.resource_changes
-
-
-@pytest.mark.artifacts
-@pytest.mark.machines
 def test_a_load_balancer_service_gets_a_pool_address_that_answers_http_from_the_host(cluster):
-    kube, _, _, _ = cluster
+    kube, live = cluster
     objs = _deployment("lb-nginx", "docker.io/library/nginx:latest", 80)
     objs[1]["spec"]["type"] = "LoadBalancer"
     kube.apply(*objs)
 
     def address() -> str:
-        ingress = kube.get("-n", NS, "service", "lb-nginx")["status"].get("loadBalancer", {}).get("ingress")
+        ingress = kube.json("get", "-n", NS, "service", "lb-nginx")["status"].get("loadBalancer", {}).get("ingress")
         assert ingress, "no LoadBalancer address yet"
         return ingress[0]["ip"]
 
     ip = _eventually(address, 60)
-    first, last = addons.parse_address_range(LB_RANGE)
-    assert first <= ipaddress.IPv4Address(ip) <= last, f"{ip} is not from the pool {LB_RANGE}"
+    pool = live.spec.lb_address_range
+    first, last = addons.parse_address_range(pool)
+    assert first <= ipaddress.IPv4Address(ip) <= last, f"{ip} is not from the pool {pool}"
 
     def answers() -> str:
         status, body, _ = _http(ip, 80)
@@ -229,8 +168,8 @@ def test_a_load_balancer_service_gets_a_pool_address_that_answers_http_from_the_
 @pytest.mark.artifacts
 @pytest.mark.machines
 def test_an_ingress_routes_by_host_and_path_through_traefik(cluster):
-    kube, outputs, _, _ = cluster
-    address = outputs["ingress_address"].value
+    kube, live = cluster
+    address = live.outputs["ingress_address"]
     kube.apply(*_deployment("web-nginx", "docker.io/library/nginx:latest", 80),
                *_deployment("web-kubia", "docker.io/luksa/kubia:latest", 8080))
 
@@ -242,7 +181,7 @@ def test_an_ingress_routes_by_host_and_path_through_traefik(cluster):
                 "spec": {"rules": [
                     {"host": "foo.example.com", "http": {"paths": [path("/kubia", "web-kubia"), path("/", "web-nginx")]}},
                     {"host": "bar.example.com", "http": {"paths": [path("/", "web-kubia")]}}]}})
-    assert kube.get("-n", NS, "ingress", "routes")["spec"].get("ingressClassName") == "traefik"
+    assert kube.json("get", "-n", NS, "ingress", "routes")["spec"].get("ingressClassName") == "traefik"
 
     def routed() -> None:
         cases = {("foo.example.com", "/"): "Welcome to nginx!", ("foo.example.com", "/kubia/x"): "You've hit web-kubia",
@@ -256,7 +195,7 @@ def test_an_ingress_routes_by_host_and_path_through_traefik(cluster):
     _eventually(routed, 120)
 
     def published() -> None:
-        ingress = kube.get("-n", NS, "ingress", "routes")["status"].get("loadBalancer", {}).get("ingress") or []
+        ingress = kube.json("get", "-n", NS, "ingress", "routes")["status"].get("loadBalancer", {}).get("ingress") or []
         assert [i.get("ip") for i in ingress] == [address], f"Ingress status shows {ingress}"
 
     _eventually(published, 60)
@@ -285,8 +224,8 @@ def _self_signed(host: str) -> tuple[str, str]:
 @pytest.mark.artifacts
 @pytest.mark.machines
 def test_an_ingress_serves_tls_with_the_certificate_from_its_secret(cluster):
-    kube, outputs, _, _ = cluster
-    address = outputs["ingress_address"].value
+    kube, live = cluster
+    address = live.outputs["ingress_address"]
     host = "secure.example.com"
     cert, key = _self_signed(host)
     kube.apply(*_deployment("tls-kubia", "docker.io/luksa/kubia:latest", 8080),
@@ -313,7 +252,7 @@ def test_an_ingress_serves_tls_with_the_certificate_from_its_secret(cluster):
 @pytest.mark.artifacts
 @pytest.mark.machines
 def test_a_claim_on_the_default_class_binds_and_its_data_survives_the_pod(cluster):
-    kube, _, _, _ = cluster
+    kube, _ = cluster
     claim = {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "data", "namespace": NS},
              "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "64Mi"}}}}
 
@@ -326,11 +265,11 @@ def test_a_claim_on_the_default_class_binds_and_its_data_survives_the_pod(cluste
                          "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "data"}}]}}
 
     kube.apply(claim, pod("writer", "echo kept-across-pods > /data/proof && cat /data/proof"))
-    kube("wait", "-n", NS, "--for=jsonpath={.status.phase}=Succeeded", "pod/writer", "--timeout=180s", timeout=200)
-    bound = kube.get("-n", NS, "pvc", "data")
+    kube.run("wait", "-n", NS, "--for=jsonpath={.status.phase}=Succeeded", "pod/writer", "--timeout=180s", timeout=200)
+    bound = kube.json("get", "-n", NS, "pvc", "data")
     assert bound["status"]["phase"] == "Bound"
     assert bound["spec"]["storageClassName"] == "local-path", "the claim did not get the default class"
-    kube("delete", "-n", NS, "pod", "writer", "--wait=true")
+    kube.run("delete", "-n", NS, "pod", "writer", "--wait=true")
     kube.apply(pod("reader", "cat /data/proof"))
-    kube("wait", "-n", NS, "--for=jsonpath={.status.phase}=Succeeded", "pod/reader", "--timeout=120s", timeout=140)
-    assert kube("logs", "-n", NS, "reader").strip() == "kept-across-pods"
+    kube.run("wait", "-n", NS, "--for=jsonpath={.status.phase}=Succeeded", "pod/reader", "--timeout=120s", timeout=140)
+    assert kube.run("logs", "-n", NS, "reader").strip() == "kept-across-pods"

@@ -12,8 +12,8 @@ import paramiko
 import pulumi
 import pytest
 
-from infra import program, spec as spec_mod, stack
-from infra.machines import local
+from infra import spec as spec_mod, stack
+from infra.machines import local, provider
 
 pytestmark = [pytest.mark.artifacts, pytest.mark.machines]
 
@@ -23,7 +23,7 @@ CONFIG = {"pilothouse:clusterName": "phpulumi", "pilothouse:ha": "false", "pilot
 
 def machines_only():
     spec = spec_mod.from_pulumi_config()
-    hosts = program.LocalMachines("t", program.ClusterArgs(spec))
+    hosts = provider.LocalMachines("t", spec)
     pulumi.export("addresses", {m.name: m.address for m in spec.machines})
     pulumi.export("ssh_private_key", pulumi.Output.secret(hosts.ssh_private_key))
 
@@ -79,4 +79,4 @@ def test_pulumi_up_creates_reachable_machines_and_destroy_removes_them(tmp_path)
     finally:
         st.destroy()
         st.workspace.remove_stack("machines-test")
-    assert host_leftovers(names, "ph-phpulumi") == []
+    assert host_leftovers(names, local.bridge_name("phpulumi")) == []

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import threading
-import time
+import ipaddress
 from pathlib import Path
 
 import pulumi
 import pytest
 import yaml
 
-from infra import configure
 from infra import spec as cluster_spec
+from infra.machines import local
+from infra.machines.errors import MachineSpecError
 from infra.spec import SpecError, from_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -106,40 +106,6 @@ def test_spec_is_frozen():
         spec.backend = "aws"
 
 
-# --- inventory -----------------------------------------------------------------------------------------
-
-
-def test_inventory_groups_put_masters_in_etcd_control_plane_and_kube_node():
-    inv = from_config({})
-    groups = inv.inventory()["all"]["children"]
-    masters = ["pilothouse-master-1", "pilothouse-master-2", "pilothouse-master-3"]
-    assert list(groups["etcd"]["hosts"]) == masters
-    assert list(groups["kube_control_plane"]["hosts"]) == masters
-    assert list(groups["kube_node"]["hosts"]) == masters + ["pilothouse-worker-1", "pilothouse-worker-2"]
-    assert list(groups["lb"]["hosts"]) == ["pilothouse-lb-1"]
-
-
-def test_inventory_hosts_carry_their_addresses_and_connect_address_overrides():
-    inv = from_config({}).inventory({"pilothouse-worker-1": "203.0.113.9"}, ssh_user="admin")["all"]
-    assert inv["hosts"]["pilothouse-master-1"] == {
-        "ansible_host": "10.77.0.20",
-        "pilothouse_node_address": "10.77.0.20",
-        "pilothouse_pod_subnet": "10.244.0.0/24",
-    }
-    assert inv["hosts"]["pilothouse-worker-1"]["ansible_host"] == "203.0.113.9"
-    assert inv["hosts"]["pilothouse-worker-1"]["pilothouse_node_address"] == "10.77.0.40"
-    assert inv["vars"]["ansible_user"] == "admin"
-    assert inv["vars"]["pilothouse_cluster_dns"] == "10.96.0.10"
-    assert inv["vars"]["pilothouse_service_ip"] == "10.96.0.1"
-    assert inv["vars"]["pilothouse_api_endpoint"] == "10.77.0.10"
-
-
-def test_inventory_with_external_etcd_lists_etcd_machines_only():
-    groups = from_config({"etcdNodes": 3}).inventory()["all"]["children"]
-    assert list(groups["etcd"]["hosts"]) == ["pilothouse-etcd-1", "pilothouse-etcd-2", "pilothouse-etcd-3"]
-    assert "pilothouse-etcd-1" not in groups["kube_node"]["hosts"]
-
-
 # --- refusals ------------------------------------------------------------------------------------------
 
 
@@ -230,9 +196,13 @@ def test_duplicate_machine_names_are_refused():
     )
 
 
-def test_machine_name_over_63_characters_is_refused():
-    problems = problems_of({"clusterName": "c" * 60})
-    assert any("longer than 63 characters" in p and "shorten pilothouse:clusterName" in p for p in problems)
+def test_machine_name_over_63_characters_is_refused_on_any_backend():
+    refused(
+        {"clusterName": "c" * 60, "backend": "libvirt"},
+        f"machine name '{'c' * 60}-master-1' is 69 characters",
+        "a hostname allows at most 63",
+        "shorten pilothouse:clusterName by 6 characters (to 54 or fewer)",
+    )
 
 
 def test_unknown_backend_lists_the_valid_ones():
@@ -249,9 +219,15 @@ def test_known_versions_come_from_the_lock_file(tmp_path):
     assert cluster_spec.known_kubernetes_versions(lock) == ("v9.9.9",)
 
 
-def test_counts_that_do_not_fit_the_machine_cidr_are_refused():
-    refused({"masters": 11, "etcdNodes": 3}, "11 master machines do not fit", "larger machineCidr")
-    refused({"machineCidr": "10.77.0.0/26", "workers": 30}, "30 worker machines do not fit", "23 addresses")
+def test_counts_that_do_not_fit_their_role_are_refused_with_the_room_there_is():
+    refused(
+        {"masters": 11, "etcdNodes": 3},
+        "pilothouse:masters is 11",
+        "masters have 10 addresses (.20-.29 of machineCidr)",
+        "use at most 10",
+    )
+    # A larger machine network does not help: the layout is by offset.
+    refused({"machineCidr": "10.77.0.0/16", "lbs": 11, "vip": "10.77.0.5"}, "load balancers have 10 addresses")
 
 
 @pytest.mark.parametrize(
@@ -278,7 +254,7 @@ def test_zero_workers_is_refused_because_masters_are_tainted():
 
 
 def test_unknown_key_suggests_the_closest_known_one():
-    refused({"master": 3}, "unknown config key pilothouse:master", "did you mean masters?")
+    refused({"master": 3}, "unknown config key pilothouse:master", "did you mean masters?", "Rename or remove it")
 
 
 def test_two_lbs_need_a_vip():
@@ -308,7 +284,7 @@ def test_aws_needs_operator_cidr_vxlan_and_a_single_lb():
     text = "\n".join(problems)
     assert "needs pilothouse:operatorCidr" in text
     assert "needs pilothouse:podNetwork vxlan" in text
-    assert "set lbs to 1 on aws" in text
+    assert "set pilothouse:lbs to 1 and unset pilothouse:vip on aws" in text
     refused({"backend": "aws", "podNetwork": "vxlan", "operatorCidr": "0.0.0.0/0"}, "whole internet")
 
 
@@ -325,6 +301,158 @@ def test_every_problem_is_reported_at_once():
     assert len(problems) == 5, problems
     message = str(SpecError(problems))
     assert message.startswith("the cluster spec has 5 problem(s); nothing was created")
+
+
+# --- the machine network's layout -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "cidr,suggested", [("10.77.0.0/28", "10.77.0.0/24"), ("192.168.5.128/25", "192.168.5.0/24")]
+)
+def test_machine_cidr_smaller_than_a_24_is_refused_with_the_layout_and_a_24_to_use(cidr, suggested):
+    # A /28 used to crash with IndexError while laying out the masters at .20.
+    refused(
+        {"machineCidr": cidr},
+        f"pilothouse:machineCidr {cidr} has",
+        "laid out by role up to .220",
+        "workers .40-.199",
+        "MetalLB's LoadBalancer addresses .200-.220",
+        f"use a /24 or larger, e.g. {suggested}",
+    )
+
+
+def test_workers_stay_below_the_metallb_range_even_on_a_larger_network():
+    spec = from_config({"machineCidr": "10.77.0.0/16", "workers": 160, "podCidr": "10.244.0.0/16"})
+    assert spec.workers[-1].address == "10.77.0.199"
+    assert spec.lb_address_range == "10.77.0.200-10.77.0.220"
+    assert not {m.address for m in spec.machines} & {f"10.77.0.{i}" for i in range(200, 221)}
+    refused(
+        {"workers": 161},
+        "pilothouse:workers is 161",
+        "workers have 160 addresses (.40-.199 of machineCidr; .200-.220 are MetalLB's LoadBalancer addresses)",
+        "use at most 160",
+    )
+
+
+def test_lb_address_range_is_200_to_220_of_the_machine_network():
+    assert from_config({}).lb_address_range == "10.77.0.200-10.77.0.220"
+    assert from_config({"machineCidr": "192.168.50.0/24"}).lb_address_range == "192.168.50.200-192.168.50.220"
+
+
+def test_a_vip_inside_the_metallb_range_is_refused():
+    refused(
+        {"lbs": 2, "vip": "10.77.0.210"},
+        "pilothouse:vip 10.77.0.210 is in MetalLB's LoadBalancer range 10.77.0.200-10.77.0.220",
+        "pick a free address below .10 (e.g. 10.77.0.5)",
+    )
+
+
+# --- public and unroutable networks --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "key,cidr,default",
+    [
+        ("machineCidr", "198.51.100.0/24", "10.77.0.0/24"),
+        ("podCidr", "11.0.0.0/16", "10.244.0.0/16"),
+        ("serviceCidr", "172.32.0.0/16", "10.96.0.0/12"),  # just past 172.16.0.0/12
+    ],
+)
+def test_public_cidrs_are_refused_unless_allowed(key, cidr, default):
+    refused(
+        {key: cidr},
+        f"pilothouse:{key} {cidr} is not a private network",
+        "lose the real hosts that own those addresses",
+        "10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16 or 100.64.0.0/10",
+        f"(e.g. {default})",
+        f"set pilothouse:allowPublicCidrs true if you own {cidr}",
+    )
+    assert from_config({key: cidr, "allowPublicCidrs": True})
+
+
+def test_a_network_straddling_a_private_range_is_public():
+    refused({"podCidr": "172.0.0.0/11"}, "172.0.0.0/11 is not a private network")
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        {"machineCidr": "10.10.0.0/24", "podCidr": "172.20.0.0/16", "serviceCidr": "192.168.0.0/16"},
+        {"machineCidr": "100.64.0.0/24", "podCidr": "100.65.0.0/16", "serviceCidr": "100.96.0.0/12"},
+    ],
+)
+def test_private_and_cgnat_cidrs_are_accepted(cfg):
+    assert from_config(cfg).machine_cidr == ipaddress.ip_network(cfg["machineCidr"])
+
+
+@pytest.mark.parametrize(
+    "key,cidr,what",
+    [
+        ("machineCidr", "127.0.0.0/24", "loopback (127.0.0.0/8)"),
+        ("podCidr", "169.254.0.0/16", "link-local (169.254.0.0/16)"),
+        ("serviceCidr", "224.0.0.0/16", "multicast (224.0.0.0/4)"),
+        ("podCidr", "240.0.0.0/16", "reserved (240.0.0.0/4)"),
+    ],
+)
+def test_unroutable_cidrs_are_refused_even_when_public_ones_are_allowed(key, cidr, what):
+    for allow in (False, True):
+        refused(
+            {key: cidr, "allowPublicCidrs": allow},
+            f"pilothouse:{key} {cidr} overlaps the {what} range",
+            "cannot be routed between machines",
+            f"use a private range such as {cluster_spec.KEYS[key].default}",
+        )
+
+
+# --- local backend limits ------------------------------------------------------------------------------
+
+
+def test_local_name_limit_is_what_the_local_backend_accepts():
+    limit = cluster_spec.local_name_limit()
+    key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIE8Q test"
+    local.MachineSpec("a" * limit, "10.77.0.20", 24, "ph-test", key)
+    with pytest.raises(MachineSpecError):
+        local.MachineSpec("a" * (limit + 1), "10.77.0.20", 24, "ph-test", key)
+
+
+def test_local_backend_refuses_names_it_cannot_boot_and_says_how_much_to_cut():
+    limit = cluster_spec.local_name_limit()
+    longest_part = len("-master-1")
+    cluster = "c" * (limit - longest_part + 2)  # two characters too many
+    refused(
+        {"clusterName": cluster},
+        f"machine name '{cluster}-master-1' is {limit + 2} characters",
+        f"the local backend boots names of at most {limit}",
+        f"shorten pilothouse:clusterName by 2 characters (to {len(cluster) - 2} or fewer)",
+    )
+    assert from_config({"clusterName": cluster[:-2]})
+    assert from_config({"clusterName": cluster, "backend": "libvirt"})  # other backends allow 63
+
+
+def test_local_backend_names_the_part_to_shorten_when_the_cluster_name_cannot_absorb_it():
+    refused(
+        {"clusterName": "ph", "workerName": "w" * 40},
+        f"machine name 'ph-{'w' * 40}-1'",
+        f"shorten pilothouse:workerName '{'w' * 40}' by 13 characters",
+    )
+    refused(
+        {"clusterName": "c" * 30, "workerName": "w" * 30},
+        "shorten pilothouse:clusterName and pilothouse:workerName by 31 characters between them",
+    )
+
+
+def test_bridge_name_keeps_short_names_and_hashes_long_ones_apart():
+    assert local.bridge_name("pilothouse") == "ph-pilothouse"
+    assert local.bridge_name("c" * 12) == "ph-" + "c" * 12  # exactly 15 characters still fits
+    staging, prod = local.bridge_name("team-alpha-staging"), local.bridge_name("team-alpha-prod")
+    assert staging != prod
+    assert staging.startswith("ph-team-") and prod.startswith("ph-team-")
+    for long in ("team-alpha-staging", "c" * 13, "x" * 63):
+        name = local.bridge_name(long)
+        assert len(name) == 15 and local.BRIDGE_RE.match(name), name
+        assert local.bridge_name(long) == name  # stable across runs
+    # A shortened name holds '_', which no cluster name (a DNS label) can, so it never equals a kept one.
+    assert "_" in local.bridge_name("c" * 13) and not cluster_spec.DNS_1123_LABEL.match("c" * 12 + "_")
 
 
 # --- stack config --------------------------------------------------------------------------------------
@@ -389,42 +517,70 @@ def test_from_pulumi_config_refuses_a_non_numeric_count():
         pulumi.runtime.set_all_config({})
 
 
-# --- adding workers: the playbook's scale-out path ---------------------------------------------------
-
-def test_one_more_worker_is_recognised_as_a_plain_worker_addition():
-    before, after = from_config({}).inventory(), from_config({"workers": 3}).inventory()
-    assert configure.added_workers(before, after) == ["pilothouse-worker-3"]
-
-
-@pytest.mark.parametrize("change", [
-    {"masters": 5},                                  # new masters join etcd and the control plane
-    {"workers": 3, "serviceCidr": "10.100.0.0/16"},  # a worker and a cluster-wide change
-    {"workers": 1},                                  # removing is not adding
-    {},                                                # nothing added
-])
-def test_anything_but_added_workers_needs_the_whole_playbook(change):
-    assert configure.added_workers(from_config({}).inventory(), from_config(change).inventory()) == []
-
-
-# --- playbook progress during `invoke up` ---------------------------------------------------------------
-
-def test_a_running_playbooks_phases_are_echoed_as_they_are_written(tmp_path):
-    since = time.time()
-    stdout = tmp_path / "c1" / "logs" / "runs" / "run-1" / "stdout"
-    stdout.parent.mkdir(parents=True)
-    stdout.write_text("PLAY [Control plane] ****\nok: [m1]\nTASK [kube_apiserver : Write the unit] ***\nTASK [par")
-    echoed: list[str] = []
-    stop = threading.Event()
-    follower = threading.Thread(target=configure.follow_runs,
-                                args=(tmp_path, "*/logs/runs/*/stdout", since, stop, echoed.append))
-    follower.start()
+def test_from_pulumi_config_reports_a_stack_key_pulumi_yaml_does_not_declare():
+    # Pulumi type-checks declared keys only; a misspelt one would otherwise be ignored.
+    pulumi.runtime.set_mocks(_ConfigMocks(), project="pilothouse", stack="test", preview=False)
+    pulumi.runtime.set_all_config({"pilothouse:wrokers": "4", "aws:region": "eu-west-1"})
     try:
-        time.sleep(1.5)
-        with stdout.open("a") as f:
-            f.write("tial] ***\nfatal: [m2]: FAILED! => {}\n")
-        time.sleep(1.5)
+        with pytest.raises(SpecError, match="unknown config key pilothouse:wrokers; did you mean workers?"):
+            cluster_spec.from_pulumi_config()
     finally:
-        stop.set()
-        follower.join()
-    assert [line.split("s  ", 1)[1] for line in echoed] == [
-        "PLAY [Control plane]", "TASK [kube_apiserver : Write the unit]", "TASK [partial]", "fatal: [m2]: FAILED! => {}"]
+        pulumi.runtime.set_all_config({})
+
+
+def test_from_stack_config_reads_strings_as_pulumi_config_does():
+    spec = cluster_spec.from_stack_config(
+        {"pilothouse:workers": "4", "pilothouse:ha": "True", "masters": "3", "kubernetes:context": "x"}
+    )
+    assert len(spec.workers) == 4 and spec.ha and len(spec.masters) == 3
+    with pytest.raises(SpecError) as caught:
+        cluster_spec.from_stack_config({"pilothouse:ha": "yes", "pilothouse:lbs": "one", "pilothouse:mastrs": "3"})
+    assert caught.value.problems == [
+        "pilothouse:ha must be a boolean (true or false), not 'yes'; fix it with "
+        "`pulumi config set --type bool pilothouse:ha <value>`",
+        "pilothouse:lbs must be a whole number, not 'one'; fix it with "
+        "`pulumi config set --type int pilothouse:lbs <value>`",
+        "unknown config key pilothouse:mastrs; did you mean masters? Rename or remove it (Pulumi.yaml declares "
+        "every key)",
+    ]
+
+
+def test_from_stack_config_reads_a_stack_file_and_leaves_encrypted_values_to_the_program(tmp_path):
+    stack = yaml.safe_load(
+        "config:\n"
+        "  pilothouse:workers: 3\n"
+        "  pilothouse:ha: true\n"
+        "  pilothouse:operatorCidr:\n"
+        "    secure: v1:AAAA\n"
+        "  pilothouse:machineCidr: 198.51.100.0/24\n"
+    )["config"]
+    with pytest.raises(SpecError) as caught:
+        cluster_spec.from_stack_config(stack)
+    assert len(caught.value.problems) == 1 and "198.51.100.0/24 is not a private network" in str(caught.value)
+    stack["pilothouse:allowPublicCidrs"] = True
+    assert len(cluster_spec.from_stack_config(stack).workers) == 3
+
+
+def test_load_turns_a_refused_spec_into_a_run_error_carrying_only_the_problems():
+    pulumi.runtime.set_mocks(_ConfigMocks(), project="pilothouse", stack="test", preview=False)
+    pulumi.runtime.set_all_config({"pilothouse:machineCidr": "10.77.0.0/28"})
+    try:
+        with pytest.raises(pulumi.RunError) as caught:
+            cluster_spec.load()
+        with pytest.raises(SpecError) as direct:
+            cluster_spec.from_pulumi_config()
+    finally:
+        pulumi.runtime.set_all_config({})
+    assert str(caught.value) == str(direct.value)
+    assert str(caught.value).startswith("the cluster spec has 1 problem(s); nothing was created:\n  - ")
+    # Raised `from None`: nothing chained that a runtime could print along with it.
+    assert caught.value.__cause__ is None and caught.value.__suppress_context__
+
+
+def test_load_returns_the_spec_when_the_config_is_good():
+    pulumi.runtime.set_mocks(_ConfigMocks(), project="pilothouse", stack="test", preview=False)
+    pulumi.runtime.set_all_config({"pilothouse:workers": "3"})
+    try:
+        assert len(cluster_spec.load().workers) == 3
+    finally:
+        pulumi.runtime.set_all_config({})

@@ -1,4 +1,4 @@
-"""Static checks of the sample manifests in workloads/ and of infra/workloads.py: no cluster needed."""
+"""Static checks of the sample manifests in workloads/ and of infra/workloads/: no cluster needed."""
 from __future__ import annotations
 
 import base64
@@ -10,13 +10,15 @@ import yaml
 from cryptography import x509
 
 from infra import workloads as w
+from infra.workloads.manifests import _label_selector_matches
+from infra.workloads.verify import BUSYBOX, Probe, _a_records
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKLOADS = ROOT / "workloads"
 LOCK_YAML = ROOT / "infra" / "artifacts" / "lock.yaml"
 NOTES_IDS = [f"W{i:02d}" for i in range(1, 65)] + [f"F{i:02d}" for i in range(1, 18)]
 # Images verify() itself runs: client pods and the W57 rollout targets.
-VERIFY_IMAGES = {w.BUSYBOX, "luksa/kubia:v2", "luksa/kubia:v4"}
+VERIFY_IMAGES = {BUSYBOX, "luksa/kubia:v2", "luksa/kubia:v4"}
 
 
 @pytest.fixture(scope="module")
@@ -215,10 +217,10 @@ def test_two_files_defining_one_object_are_refused_naming_both(tmp_path):
 def test_set_based_selectors_match_like_the_api_server():
     selector = {"matchExpressions": [{"key": "app", "operator": "In", "values": ["nginx", "frontend"]},
                                      {"key": "environment", "operator": "NotIn", "values": ["production"]}]}
-    assert w._label_selector_matches(selector, {"app": "nginx", "environment": "dev"})
-    assert w._label_selector_matches(selector, {"app": "nginx"})       # NotIn matches a missing key
-    assert not w._label_selector_matches(selector, {"app": "nginx", "environment": "production"})
-    assert not w._label_selector_matches(selector, {"app": "kubia"})
+    assert _label_selector_matches(selector, {"app": "nginx", "environment": "dev"})
+    assert _label_selector_matches(selector, {"app": "nginx"})       # NotIn matches a missing key
+    assert not _label_selector_matches(selector, {"app": "nginx", "environment": "production"})
+    assert not _label_selector_matches(selector, {"app": "kubia"})
 
 
 def test_generated_tls_secret_has_the_hosts_certificate_and_is_reused_on_the_next_run(sources, tmp_path):
@@ -287,8 +289,8 @@ Address: 10.244.2.7
 
 
 def test_a_records_are_read_from_the_answer_not_the_dns_server_line():
-    assert w._a_records(BUSYBOX_NSLOOKUP) == {"10.244.1.5", "10.244.2.7"}
-    assert w._a_records("Server:\t10.96.0.10\nAddress:\t10.96.0.10:53\n\n** server can't find x: NXDOMAIN\n") == set()
+    assert _a_records(BUSYBOX_NSLOOKUP) == {"10.244.1.5", "10.244.2.7"}
+    assert _a_records("Server:\t10.96.0.10\nAddress:\t10.96.0.10:53\n\n** server can't find x: NXDOMAIN\n") == set()
 
 
 def test_node_addresses_come_from_the_internal_ip_column_of_get_nodes_wide(tmp_path):
@@ -298,7 +300,7 @@ def test_node_addresses_come_from_the_internal_ip_column_of_get_nodes_wide(tmp_p
                     "cp-1   Ready    control-plane   1h    v1.34.4   10.0.0.11     <none>        Debian\n"
                     "w-1    Ready    <none>          1h    v1.34.4   10.0.0.21     <none>        Debian\nT\n")
     fake.chmod(0o755)
-    assert w.Cluster(str(fake), "/dev/null").node_addresses() == {"cp-1": "10.0.0.11", "w-1": "10.0.0.21"}
+    assert Probe("/dev/null", binary=str(fake)).node_addresses() == {"cp-1": "10.0.0.11", "w-1": "10.0.0.21"}
 
 
 def test_host_side_https_probe_sends_sni_and_host_and_reads_the_certificate_name(tmp_path):

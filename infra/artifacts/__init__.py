@@ -46,6 +46,28 @@ def verify_version(entry_dir: Path, spec: dict, source: str = "build") -> None:
             raise ArtifactError(f"{binary} reports {said.strip()[:200]!r}, not the pinned {spec['version']}")
 
 
+class MissingArtifact(ArtifactError):
+    """An artifact the Pulumi program needs is not in the cache; building is `invoke artifacts`' job."""
+
+
+def lookup_go(name: str, lock: dict | None = None) -> Entry:
+    """The cached build of a pinned artifact, never building it: the Pulumi program only looks artifacts up,
+    so `preview` cannot start a long compile and `up` shows its builds before the graph."""
+    lock = lock or load_lock()
+    entry = lookup(name, _key(name, lock["go"][name], lock["source"]))
+    if entry is None:
+        raise MissingArtifact(f"{name} {lock['go'][name]['version']} is not built yet: run `invoke artifacts` "
+                              "(it shows each build's progress), then try again")
+    return entry
+
+
+def missing(lock: dict | None = None) -> list[str]:
+    """`name version` of every pinned artifact the cache lacks, in lock order."""
+    lock = lock or load_lock()
+    return [f"{name} {spec['version']}" for name, spec in lock["go"].items()
+            if lookup(name, _key(name, spec, lock["source"])) is None]
+
+
 def ensure_go(name: str, lock: dict | None = None, log=print) -> Entry:
     lock = lock or load_lock()
     spec = lock["go"][name]

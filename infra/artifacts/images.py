@@ -28,7 +28,7 @@ import yaml
 
 from infra import debian
 
-from . import ensure_go
+from . import MissingArtifact, ensure_go, lookup_go
 from .store import ArtifactError, cache_root, recipe_key, sha256_file
 
 SPEC = Path(__file__).with_name("lock.yaml")  # its `images:` section
@@ -466,18 +466,20 @@ def build_family(name: str, spec: dict, key: str, base: ImageFamily | None, arti
     return load_family(name, key)
 
 
-def ensure_images(names: list[str] | None = None, spec: dict | None = None, log=print) -> list[ImageFamily]:
+def ensure_images(names: list[str] | None = None, spec: dict | None = None, log=print,
+                  build: bool = True) -> list[ImageFamily]:
     """Build (or find in the cache) every family, or just `names` and their bases.
 
-    Families made from a lock.yaml artifact (kubectl, coredns) are skipped with a note while that artifact
-    is not built yet, unless they are asked for by name.
+    With `build=False` nothing is built: a family missing from the cache raises MissingArtifact, which is
+    how the Pulumi program finds its images (building is `invoke artifacts`' job, before the graph).
     """
     spec = spec or load_spec()
-    ensure_host_packages("umoci", "dpkg-deb")
     wanted = names or list(spec["families"])
     for name in wanted:
         if name not in spec["families"]:
             raise ArtifactError(f"unknown image family {name!r}; lock.yaml `images:` has {', '.join(spec['families'])}")
+    if build:
+        ensure_host_packages("umoci", "dpkg-deb")
     done: dict[str, tuple[str, ImageFamily]] = {}
 
     def ensure(name: str) -> ImageFamily:
@@ -488,9 +490,13 @@ def ensure_images(names: list[str] | None = None, spec: dict | None = None, log=
         artifact = None
         if "artifact" in family:
             # Built (or taken from the cache) like any other artifact, so the image always wraps the pin.
-            artifact = ensure_go(family["artifact"]["name"], log=log).file(family["artifact"]["file"])
+            source = family["artifact"]["name"]
+            entry = ensure_go(source, log=log) if build else lookup_go(source)
+            artifact = entry.file(family["artifact"]["file"])
         key = family_key(name, spec, done[family["base"]][0] if base else None, artifact)
         built = load_family(name, key)
+        if built is None and not build:
+            raise MissingArtifact(f"image {name} {family['version']} is not built yet: run `invoke artifacts`")
         if built is None:
             started = time.monotonic()
             log(f"  {name}: building {family['version']}")
@@ -500,6 +506,18 @@ def ensure_images(names: list[str] | None = None, spec: dict | None = None, log=
         return built
 
     return [ensure(n) for n in wanted]
+
+
+def missing(spec: dict | None = None) -> list[str]:
+    """`image name version` of every family the cache lacks (building nothing)."""
+    spec = spec or load_spec()
+    absent = []
+    for name, family in spec["families"].items():
+        try:
+            ensure_images([name], spec, log=lambda _m: None, build=False)
+        except MissingArtifact:
+            absent.append(f"image {name} {family['version']}")
+    return absent
 
 
 def mirror_path(ref: str) -> tuple[str, str, str]:

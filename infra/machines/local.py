@@ -47,6 +47,23 @@ Status = Literal["running", "stopped", "absent"]
 NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$")
 BRIDGE_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_-]{0,14}$")
 
+
+def bridge_name(cluster_name: str) -> str:
+    """The host bridge of a cluster: `ph-<cluster_name>` when it fits an interface name (15 characters,
+    IFNAMSIZ), else `ph-`, the name's first 5 characters, `_` and 6 hex digits of its SHA-256.
+
+    Plain truncation would put two clusters whose names share a prefix on one bridge. A cluster name is a
+    DNS label and never holds `_`, so a shortened name cannot equal a name that fits; two shortened ones
+    clash only if they share the prefix and 24 bits of hash.
+    """
+    name = f"ph-{cluster_name}"
+    if len(name) <= 15:
+        return name
+    import hashlib
+
+    return f"ph-{cluster_name[:5]}_{hashlib.sha256(cluster_name.encode()).hexdigest()[:6]}"
+
+
 # Flags proven on this kind of host (see ARCHITECTURE.md): cgroup v1, no machined, all capabilities
 # (kubelet and containerd need them), the keyring syscalls runc uses, and /dev/kmsg for kubelet.
 NSPAWN_FLAGS = (

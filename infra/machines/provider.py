@@ -1,4 +1,5 @@
-"""Pulumi dynamic providers for the local backend: `LocalMachine` and `SshKey`.
+"""The local backend's Pulumi side: the `LocalMachine` and `SshKey` dynamic providers, and `LocalMachines`,
+the component that makes every machine of a cluster spec.
 
 Dynamic providers run in Pulumi's Python provider host, so no plugin binary is needed. The provider process
 imports this module by name: run Pulumi from the repository root (where `infra` is importable).
@@ -15,6 +16,7 @@ from pulumi.dynamic import (CheckFailure, CheckResult, CreateResult, DiffResult,
 
 from infra.machines import keys, local
 from infra.machines.errors import MachineSpecError
+from infra.spec import ClusterSpec
 
 # Any change to these means a different machine: it is destroyed, then created anew.
 REPLACE_ON = ("name", "address", "cidr", "bridge", "ssh_public_key")
@@ -141,3 +143,25 @@ class SshKey(Resource):
         super().__init__(SshKeyProvider(), resource_name,
                          {"comment": comment, "public_key": None, "private_key": None},
                          pulumi.ResourceOptions.merge(opts, secret))
+
+
+class LocalMachines(pulumi.ComponentResource):
+    """Every machine of the spec as a systemd-nspawn machine on this host, on the cluster's own bridge,
+    sharing one SSH key."""
+
+    machines: list[LocalMachine]
+    ssh_private_key: pulumi.Output[str]
+
+    def __init__(self, name: str, spec: ClusterSpec, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("pilothouse:machines:LocalMachines", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        key = SshKey(f"{name}-ssh", comment=f"pilothouse-{spec.name}", opts=child)
+        self.machines = [
+            LocalMachine(f"{name}-{m.name}", LocalMachineArgs(
+                name=m.name, address=m.address, cidr=str(spec.machine_cidr), bridge=local.bridge_name(spec.name),
+                ssh_public_key=key.public_key, ssh_private_key=key.private_key), opts=child)
+            for m in spec.machines
+        ]
+        self.ssh_private_key = key.private_key
+        self.register_outputs({"addresses": [m.address for m in self.machines],
+                               "ssh_private_key": self.ssh_private_key})

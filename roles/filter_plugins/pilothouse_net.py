@@ -60,6 +60,19 @@ def cidr_prefix(value):
     return _net(value).prefixlen
 
 
+def ip_mac(value):
+    """A stable MAC for a node's VXLAN device from its IPv4 address: '10.77.0.20' -> '02:70:0a:4d:00:14'.
+
+    02 marks a locally administered unicast address, 70 is fixed; the address fills the other four bytes, so
+    every node can compute every peer's MAC without asking it, and the MAC survives re-creating the device.
+    """
+    try:
+        address = ipaddress.IPv4Address(str(value))
+    except ValueError as exc:
+        raise AnsibleFilterError("not an IPv4 address: %r (%s)" % (value, exc)) from exc
+    return ":".join("%02x" % b for b in (0x02, 0x70) + tuple(address.packed))
+
+
 def pki_files(items, src_dir, dest_dir):
     """Files for the pilothouse_files module from PKI files on the controller.
 
@@ -89,5 +102,6 @@ class FilterModule:
             "pilothouse_cidr_overlaps_any": cidr_overlaps_any,
             "pilothouse_cidr_host": cidr_host,
             "pilothouse_cidr_prefix": cidr_prefix,
+            "pilothouse_ip_mac": ip_mac,
             "pilothouse_pki_files": pki_files,
         }

@@ -1,7 +1,9 @@
-"""The Ansible playbook as a Pulumi resource.
+"""The Ansible playbook as a Pulumi resource, and the only place its inputs are built.
 
-Its inputs are the inventory, the variables and a digest of everything under roles/, so `pulumi up` re-runs
-the playbook exactly when one of them changed, and a no-op `pulumi up` costs no Ansible run at all.
+The resource's inputs are the inventory, the variables and a digest of everything under roles/, so
+`pulumi up` re-runs the playbook exactly when one of them changed, and a no-op `pulumi up` costs no Ansible
+run at all. `inventory` and `extravars` below are the whole contract with the roles (roles/README.md lists
+the same variables).
 """
 from __future__ import annotations
 
@@ -20,11 +22,75 @@ import ansible_runner
 import pulumi
 from pulumi import dynamic
 
+from infra import artifacts
+from infra.spec import API_PORT, ClusterSpec, Machine
+
 ROLES = Path(__file__).resolve().parent.parent / "roles"
+# The binaries the roles copy to the machines; the add-ons and the CLI are not theirs, so a rebuilt add-on
+# never re-runs the playbook.
+ROLE_ARTIFACTS = ("kubernetes", "etcd")
+CLUSTERS_ROOT = Path.home() / ".local" / "share" / "pilothouse"
+
+
+def cluster_dir(cluster_name: str) -> Path:
+    """Where a cluster's PKI, admin kubeconfig, sample keys and playbook logs live on this host, kept across
+    runs and removed with the stack."""
+    return CLUSTERS_ROOT / cluster_name
+
+
+def inventory(spec: ClusterSpec, addresses: dict[str, str] | None = None, ssh_user: str | None = None) -> dict:
+    """The Ansible inventory (YAML layout): the hosts, the four groups, and the cluster-wide variables.
+
+    `addresses` maps a machine name to the address Ansible connects to (a cloud machine's public address);
+    machines not in it are reached on their machine-network address.
+    """
+    addresses = addresses or {}
+    hosts = {}
+    for m in spec.machines:
+        host = {"ansible_host": addresses.get(m.name, m.address)}
+        if m.pod_subnet:
+            host["pilothouse_pod_subnet"] = m.pod_subnet
+        hosts[m.name] = host
+    cluster_vars = {
+        "pilothouse_cluster_name": spec.name,
+        "pilothouse_kubernetes_version": spec.kubernetes_version,
+        "pilothouse_pod_cidr": str(spec.pod_cidr),
+        "pilothouse_service_cidr": str(spec.service_cidr),
+        "pilothouse_cluster_dns": spec.cluster_dns,
+        "pilothouse_pod_network": spec.pod_network,
+        "pilothouse_api_endpoint": spec.api_address,
+        "pilothouse_api_port": API_PORT,
+        "pilothouse_api_vip": spec.vip or "",
+    }
+    if ssh_user:
+        cluster_vars["ansible_user"] = ssh_user
+
+    def group(machines: tuple[Machine, ...]) -> dict:
+        return {"hosts": {m.name: {} for m in machines}}
+
+    return {"all": {"hosts": hosts, "vars": cluster_vars, "children": {
+        "etcd": group(spec.etcd),
+        "kube_control_plane": group(spec.masters),
+        # Masters run a kubelet too (tainted), so the API server can reach pod IPs (webhooks).
+        "kube_node": group(spec.nodes),
+        "lb": group(spec.lbs),
+    }}}
+
+
+def extravars(spec: ClusterSpec, registry_mirror: str) -> dict:
+    """The variables that are paths on this host or depend on it: the binaries to copy, the registry the
+    machines pull from, and where the PKI and the admin kubeconfig are kept."""
+    workdir = cluster_dir(spec.name)
+    return {
+        "pilothouse_binaries": artifacts.binaries([artifacts.lookup_go(n) for n in ROLE_ARTIFACTS]),
+        "pilothouse_registry_mirror": registry_mirror,
+        "pilothouse_pki_dir": str(workdir / "pki"),
+        "pilothouse_admin_kubeconfig": str(workdir / "admin.kubeconfig"),
+    }
 
 
 class PlaybookError(RuntimeError):
-    """The playbook failed; the message names the failed hosts and the log holding the details."""
+    """The playbook failed; the message names each failed host, its task and Ansible's message."""
 
 
 def roles_digest(root: Path = ROLES) -> str:
@@ -37,9 +103,27 @@ def roles_digest(root: Path = ROLES) -> str:
 @dataclass(frozen=True)
 class RunResult:
     changed: int
-    failed_hosts: list[str]
     seconds: float
     log: Path
+
+
+def failures(events) -> list[str]:
+    """One line per failed or unreachable host from ansible-runner's events: host, task and Ansible's own
+    message, which is what a person needs to fix it (the full log has the rest)."""
+    lines = []
+    for event in events:
+        if event.get("event") not in ("runner_on_failed", "runner_on_unreachable"):
+            continue
+        data = event.get("event_data", {})
+        if data.get("ignore_errors"):
+            continue
+        res = data.get("res") or {}
+        message = res.get("msg") or res.get("stderr") or res.get("message") or "no message"
+        if isinstance(message, str) and res.get("stderr") and res.get("msg") and res["stderr"] not in message:
+            message = f"{message}: {res['stderr']}"
+        what = "unreachable" if event["event"] == "runner_on_unreachable" else f"task '{data.get('task', '?')}'"
+        lines.append(f"{data.get('host', '?')}: {what}: {' '.join(str(message).split())[:600]}")
+    return lines
 
 
 def added_workers(old_inventory: dict, new_inventory: dict) -> list[str]:
@@ -77,11 +161,11 @@ def run_playbook(inventory: dict, extravars: dict, ssh_private_key: str, log_dir
     log = log_dir / "ansible.log"
     log.write_text(stdout)
     stats = result.stats or {}
-    failed = sorted(set(stats.get("failures", {})) | set(stats.get("dark", {})))
-    if result.rc != 0 or failed:
-        raise PlaybookError(f"the playbook failed on {', '.join(failed) or 'the controller'} "
-                            f"(exit {result.rc}); see {log}")
-    return RunResult(sum(stats.get("changed", {}).values()), failed, time.monotonic() - started, log)
+    if result.rc != 0 or stats.get("failures") or stats.get("dark"):
+        lines = failures(result.events) or [f"ansible-playbook exited with {result.rc} before any host failed"]
+        raise PlaybookError(f"the playbook ({playbook}) failed:\n" + "\n".join(f"  {line}" for line in lines)
+                            + f"\nfull log: {log}")
+    return RunResult(sum(stats.get("changed", {}).values()), time.monotonic() - started, log)
 
 
 def follow_runs(root: Path, pattern: str, since: float, stop: threading.Event, echo=print) -> None:
@@ -111,12 +195,14 @@ def _run_in_fresh_process(props: dict, scale_nodes: list[str]) -> RunResult:
     no gRPC threads to inherit."""
     job = json.dumps({**{k: props[k] for k in ("inventory", "extravars", "ssh_private_key", "log_dir")},
                       "scale_nodes": scale_nodes})
-    proc = subprocess.run([sys.executable, "-m", "infra.configure"], input=job, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise PlaybookError(proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else
-                            f"the playbook runner exited with {proc.returncode}")
-    out = json.loads(proc.stdout)
-    return RunResult(out["changed"], [], out["seconds"], Path(out["log"]))
+    proc = subprocess.run([sys.executable, "-m", "infra.playbook"], input=job, capture_output=True, text=True)
+    try:
+        out = json.loads(proc.stdout)
+    except ValueError:
+        raise PlaybookError(f"the playbook runner exited with {proc.returncode}: {proc.stderr.strip()[-2000:]}")
+    if "error" in out:
+        raise PlaybookError(out["error"])
+    return RunResult(out["changed"], out["seconds"], Path(out["log"]))
 
 
 # The inputs whose change re-runs the playbook.
@@ -168,5 +254,6 @@ if __name__ == "__main__":
         done = run_playbook(json.loads(args["inventory"]), json.loads(args["extravars"]), args["ssh_private_key"],
                             Path(args["log_dir"]), scale_nodes=args["scale_nodes"])
     except PlaybookError as exc:
-        sys.exit(str(exc))
+        print(json.dumps({"error": str(exc)}))
+        sys.exit(1)
     print(json.dumps({"changed": done.changed, "seconds": done.seconds, "log": str(done.log)}))

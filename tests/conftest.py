@@ -1,0 +1,137 @@
+"""Live clusters for the tests that need one, built by the program `pulumi up` runs (infra.program.build).
+
+`shared_cluster` is one HA cluster for the whole session: 2 haproxy LBs sharing a keepalived VIP, 3 masters
+with stacked etcd, 2 workers, the add-ons and every sample of the notes. The e2e, add-on, role and workload
+tests all use it, so the suite boots one cluster instead of four. Tests that need another topology build
+their own, small, with `live_cluster`. Every cluster is destroyed at the end, and the teardown checks that
+nothing of it is left on this host.
+
+Tests on the shared cluster may change it (a worker is added, a manifest removed, components stopped and
+started again); each leaves it healthy. They run in file order: test_addons, test_e2e, test_roles,
+test_workloads_live.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+from pulumi import automation as auto
+
+from infra import kube, playbook, program, spec as spec_mod, stack
+from infra.machines import local
+
+REPO = Path(__file__).resolve().parents[1]
+
+SHARED_CONFIG = {"clusterName": "phtest", "machineCidr": "10.76.0.0/24", "lbs": 2, "vip": "10.76.0.5",
+                 "masters": 3, "workers": 2}
+
+
+@dataclass
+class LiveCluster:
+    """A cluster brought up by `pulumi up` through the Automation API, and ways to talk to it."""
+
+    stack: auto.Stack
+    config: dict
+    manifests: Path
+    workdir: Path
+    outputs: dict = field(default_factory=dict)
+
+    @property
+    def spec(self) -> spec_mod.ClusterSpec:
+        return spec_mod.from_config(self.config)
+
+    @property
+    def kubeconfig(self) -> str:
+        return self.outputs["admin_kubeconfig"]
+
+    @property
+    def kubectl(self) -> kube.Kubectl:
+        return kube.Kubectl(self.kubeconfig)
+
+    @property
+    def pki(self) -> Path:
+        return playbook.cluster_dir(self.spec.name) / "pki"
+
+    @property
+    def key_file(self) -> Path:
+        path = self.workdir / "id_ed25519"
+        if not path.exists():
+            path.write_text(self.outputs["ssh_private_key"])
+            path.chmod(0o600)
+        return path
+
+    def address(self, machine: str) -> str:
+        return next(m.address for m in self.spec.machines if m.name == machine)
+
+    def ssh(self, machine: str, command: str, check: bool = True) -> subprocess.CompletedProcess:
+        proc = subprocess.run(["ssh", "-i", str(self.key_file), "-o", "StrictHostKeyChecking=no", "-o",
+                               "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", "-o", "BatchMode=yes",
+                               f"root@{self.address(machine)}", command], capture_output=True, text=True,
+                              timeout=120)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"{machine}: `{command}` failed ({proc.returncode}): {proc.stderr.strip()}")
+        return proc
+
+    def up(self, **config_changes) -> auto.UpResult:
+        """`pulumi up` with some stack config changed (and kept)."""
+        for key, value in config_changes.items():
+            self.stack.set_config(f"pilothouse:{key}", auto.ConfigValue(str(value).lower()
+                                                                        if isinstance(value, bool) else str(value)))
+        self.config.update(config_changes)
+        result = self.stack.up(on_output=print)
+        self.outputs = {k: v.value for k, v in result.outputs.items()}
+        return result
+
+
+def _leftovers(spec: spec_mod.ClusterSpec) -> list[str]:
+    left = [f"machine {m.name}" for m in spec.machines if local.status(m.name) != "absent"]
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    if f" {local.bridge_name(spec.name)}:" in links:
+        left.append(f"bridge {local.bridge_name(spec.name)}")
+    if playbook.cluster_dir(spec.name).exists():
+        left.append(f"cluster directory {playbook.cluster_dir(spec.name)}")
+    return left
+
+
+@contextlib.contextmanager
+def live_cluster(name: str, config: dict, workdir: Path, manifests: Path | None = None) -> Iterator[LiveCluster]:
+    """Bring up the stack `name` with `config` (pilothouse:* keys without the namespace) and the samples
+    from `manifests` (none when None), yield it, then destroy it and check the host is clean."""
+    if os.geteuid() != 0:
+        pytest.skip("local machines need root")
+    samples = workdir / "workloads"
+    samples.mkdir()
+    if manifests is not None:
+        shutil.copytree(manifests, samples, dirs_exist_ok=True)
+    spec = spec_mod.from_config(config)
+
+    def run() -> None:
+        program.build(spec_mod.from_pulumi_config(), manifests_dir=samples)
+
+    st = stack.select_stack(name, run, workdir / "state",
+                            config={f"pilothouse:{k}": str(v).lower() if isinstance(v, bool) else str(v)
+                                    for k, v in config.items()})
+    live = LiveCluster(st, dict(config), samples, workdir)
+    try:
+        live.up()
+        yield live
+    finally:
+        try:
+            st.destroy(on_output=print)
+        finally:
+            st.workspace.remove_stack(name)
+            (REPO / f"Pulumi.{name}.yaml").unlink(missing_ok=True)
+    left = _leftovers(live.spec) + _leftovers(spec)
+    assert not left, f"`pulumi destroy` left {sorted(set(left))} behind"
+
+
+@pytest.fixture(scope="session")
+def shared_cluster(tmp_path_factory) -> Iterator[LiveCluster]:
+    with live_cluster("shared", dict(SHARED_CONFIG), tmp_path_factory.mktemp("shared"), REPO / "workloads") as live:
+        yield live
