@@ -62,8 +62,12 @@ def _require_artifacts(c) -> None:
 
 def _stack(name: str):
     from infra import program, stack  # imported late: `invoke deps` must work before the venv is complete
+    from infra.artifacts import ArtifactError
 
-    return stack.select_stack(name, program.main, stack.REPO / ".pulumi")
+    try:
+        return stack.select_stack(name, program.main, stack.REPO / ".pulumi")
+    except ArtifactError as exc:  # the CLI itself is an artifact
+        raise Exit(str(exc), code=1) from None
 
 
 def _check_spec(stack_name: str) -> None:
@@ -141,12 +145,14 @@ def env(c):
     """Print shell exports for running the `pulumi` CLI itself: `eval "$(.venv/bin/invoke env)"; pulumi up`.
 
     They put the built CLI and language host first on PATH and point it at this checkout's file backend
-    (.pulumi/), offline, with the venv's Python running the program and its dynamic providers."""
+    (.pulumi/), offline, with the venv's Python running the program and its dynamic providers. The
+    artifacts are built first (their progress goes to stderr, so `eval` sees only the exports)."""
     import shlex
 
     from infra import stack  # imported late, like _stack
 
-    with contextlib.redirect_stdout(sys.stderr):  # a first run's build messages must not reach `eval`
+    with contextlib.redirect_stdout(sys.stderr):
+        artifacts(c)
         exports = stack.pulumi_env(stack.REPO / ".pulumi")
     for key, value in exports.items():
         print(f"export {key}={shlex.quote(value)}")

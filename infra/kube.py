@@ -17,8 +17,8 @@ from infra import artifacts
 
 
 def kubectl_binary() -> str:
-    """The path of the pinned kubectl (built or fetched on first use, silently)."""
-    return str(artifacts.ensure_go("kubernetes", log=lambda _m: None).file("kubectl"))
+    """The path of the pinned kubectl (`invoke artifacts` builds it; this only looks it up)."""
+    return str(artifacts.lookup_go("kubernetes").file("kubectl"))
 
 
 class KubectlError(subprocess.CalledProcessError):

@@ -132,9 +132,10 @@ def build(spec: spec_mod.ClusterSpec, manifests_dir: Path = REPO / "workloads", 
 
 
 def main() -> None:
-    # A refused spec or a missing artifact is a message for the user, not a program crash: RunError makes
-    # Pulumi print it without a Python traceback.
+    spec = spec_mod.load()
+    # A missing artifact or a bad add-on setting is a message for the user, not a program crash: RunError
+    # makes Pulumi print it without a Python traceback.
     try:
-        build(spec_mod.from_pulumi_config())
-    except (spec_mod.SpecError, ArtifactError, addons.AddonsError) as exc:
+        build(spec)
+    except (ArtifactError, addons.AddonsError) as exc:
         raise pulumi.RunError(str(exc)) from None

@@ -282,6 +282,19 @@ def from_config(cfg: Mapping[str, object]) -> ClusterSpec:
     return _build(cfg, [])
 
 
+def load() -> ClusterSpec:
+    """The spec of the running Pulumi program, for its entry point. A refused spec ends the program with
+    its problems and nothing else: the SDK's runtimes (the language host's exec script and the Automation
+    API's inline server) log a pulumi.RunError's message alone, but print any other exception with its
+    traceback."""
+    import pulumi
+
+    try:
+        return from_pulumi_config()
+    except SpecError as exc:
+        raise pulumi.RunError(str(exc)) from None
+
+
 def _type_name(t: type) -> str:
     return {bool: "a boolean (true or false)", int: "a whole number", str: "a string"}[t]
 
@@ -361,11 +374,10 @@ def _check_scope(key: str, net: ipaddress.IPv4Network, allow_public: bool | None
 
 @functools.cache
 def local_name_limit() -> int:
-    """The longest machine name the local backend boots. infra/machines/local.py states it only in its
-    NAME_RE, so it is read from there rather than repeated here."""
+    """The longest machine name the local backend boots."""
     from infra.machines import local  # late: it pulls in paramiko, which only the local backend needs
 
-    return max(n for n in range(1, MAX_NAME + 1) if local.NAME_RE.match("a" * n))
+    return local.MAX_NAME_LENGTH
 
 
 def _build(cfg: Mapping[str, object], problems: list[str]) -> ClusterSpec:
@@ -426,22 +438,22 @@ def _build(cfg: Mapping[str, object], problems: list[str]) -> ClusterSpec:
                     f"pilothouse:{a} {nets[a]} overlaps pilothouse:{b} {nets[b]}; every pair of machine, pod "
                     "and service CIDRs must be disjoint (e.g. 10.77.0.0/24, 10.244.0.0/16, 10.96.0.0/12)"
                 )
+    # Networks too small for what is laid out in them: (key, smallest prefix, what needs the room).
+    for key, smallest, why in (
+        ("machineCidr", MIN_MACHINE_PREFIX,
+         "machines are laid out by role up to .220: load balancers .10, masters .20, external etcd .30, workers "
+         f".40-.{LB_RANGE[0] - 1}, then MetalLB's LoadBalancer addresses .{LB_RANGE[0]}-.{LB_RANGE[1]}"),
+        ("serviceCidr", MIN_SERVICE_PREFIX,
+         "every Service takes one and the first and 10th are reserved for the API and DNS"),
+    ):
+        net = nets.get(key)
+        if net is not None and net.prefixlen > smallest:
+            problems.append(f"pilothouse:{key} {net} has only {net.num_addresses} addresses, but {why}; use a "
+                            f"/{smallest} or larger, e.g. {net.supernet(new_prefix=smallest)}")
+            if key == "machineCidr":
+                del nets[key]  # no layout to check machines against
     machine_net = nets.get("machineCidr")
-    if machine_net is not None and machine_net.prefixlen > MIN_MACHINE_PREFIX:
-        problems.append(
-            f"pilothouse:machineCidr {machine_net} has {machine_net.num_addresses} addresses, but machines are "
-            "laid out by role up to .220: load balancers .10, masters .20, external etcd .30, workers "
-            f".40-.{LB_RANGE[0] - 1}, then MetalLB's LoadBalancer addresses .{LB_RANGE[0]}-.{LB_RANGE[1]}; "
-            f"use a /{MIN_MACHINE_PREFIX} or larger, e.g. {machine_net.supernet(new_prefix=MIN_MACHINE_PREFIX)}"
-        )
-        machine_net = None  # no layout to check against
     service = nets.get("serviceCidr")
-    if service is not None and service.prefixlen > MIN_SERVICE_PREFIX:
-        problems.append(
-            f"pilothouse:serviceCidr {service} has only {service.num_addresses} addresses; every Service "
-            "takes one and the first and 10th are reserved for the API and DNS, so use a "
-            f"/{MIN_SERVICE_PREFIX} or larger"
-        )
     if service is not None and service.prefixlen < MAX_SERVICE_PREFIX:
         problems.append(
             f"pilothouse:serviceCidr {service} is larger than kube-apiserver accepts; use a "

@@ -28,7 +28,7 @@ def pulumi_tools() -> Path:
     The CLI runs its Python language host only from its own directory ("bundled") or, with a warning on
     every command, from PATH; the two are separate artifacts, so they are hard-linked together here.
     """
-    entries = [artifacts.ensure_go(name) for name in ("pulumi", "pulumi-language-python")]
+    entries = [artifacts.lookup_go(name) for name in ("pulumi", "pulumi-language-python")]
     tools = store.cache_root() / "pulumi-tools" / "-".join(e.path.name for e in entries)
     if not tools.is_dir():
         staging = tools.with_name(tools.name + f".tmp{os.getpid()}")
@@ -70,7 +70,7 @@ def install_kubernetes_plugin(env: dict[str, str]) -> None:
     release = lock["go"]["pulumi-kubernetes"]["release"]
     if (Path(env["PULUMI_HOME"]) / "plugins" / f"resource-kubernetes-v{release}").is_dir():
         return
-    provider = artifacts.ensure_go("pulumi-kubernetes", lock).file("pulumi-resource-kubernetes")
+    provider = artifacts.lookup_go("pulumi-kubernetes", lock).file("pulumi-resource-kubernetes")
     subprocess.run(["pulumi", "plugin", "install", "resource", "kubernetes", release, "--file", str(provider)],
                    env=dict(os.environ, **env), check=True, capture_output=True)
 

@@ -28,6 +28,37 @@ from infra.machines import local
 
 REPO = Path(__file__).resolve().parents[1]
 
+BUSYBOX = "docker.io/library/busybox:1.36"
+SERVER_AND_CLIENT = """
+apiVersion: v1
+kind: Pod
+metadata: {name: server, namespace: %(ns)s, labels: {app: server}}
+spec:
+  nodeName: %(server_node)s
+  containers:
+    - name: httpd
+      image: %(image)s
+      command: [sh, -c, "mkdir -p /www && echo %(greeting)s > /www/index.html && exec httpd -f -p 8080 -h /www"]
+      ports: [{containerPort: 8080}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client, namespace: %(ns)s}
+spec:
+  nodeName: %(client_node)s
+  containers:
+    - name: sh
+      image: %(image)s
+      command: [sleep, "3600"]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: server, namespace: %(ns)s}
+spec:
+  selector: {app: server}
+  ports: [{port: 80, targetPort: 8080}]
+"""
+
 SHARED_CONFIG = {"clusterName": "phtest", "machineCidr": "10.76.0.0/24", "lbs": 2, "vip": "10.76.0.5",
                  "masters": 3, "workers": 2}
 
@@ -87,6 +118,18 @@ class LiveCluster:
         result = self.stack.up(on_output=print)
         self.outputs = {k: v.value for k, v in result.outputs.items()}
         return result
+
+
+def server_and_client(live: LiveCluster, ns: str, server_node: str, client_node: str, greeting: str) -> str:
+    """In a new namespace `ns`: pod `server` (busybox httpd on :8080 answering `greeting`) on one node, pod
+    `client` (sleeping, for `kubectl exec`) on another, and Service `server` (:80) in front of the first;
+    returns the server pod's IP once both pods are Ready."""
+    kubectl = live.kubectl
+    kubectl.run("create", "namespace", ns)
+    kubectl.run("apply", "-f", "-", input=SERVER_AND_CLIENT % {
+        "ns": ns, "server_node": server_node, "client_node": client_node, "image": BUSYBOX, "greeting": greeting})
+    kubectl.run("-n", ns, "wait", "--for=condition=Ready", "pod/server", "pod/client", "--timeout=180s", timeout=200)
+    return kubectl.run("-n", ns, "get", "pod", "server", "-o", "jsonpath={.status.podIP}")
 
 
 def _leftovers(spec: spec_mod.ClusterSpec) -> list[str]:

@@ -12,7 +12,6 @@ import socket
 import subprocess
 import sys
 import time
-import tomllib
 from pathlib import Path
 
 import pytest
@@ -293,14 +292,6 @@ def test_coredns_image_runs_the_pinned_coredns(containers, families):
         pytest.skip("coredns is not built yet (`invoke artifacts`)")
     out = containers.run("registry.k8s.io/coredns/coredns:v1.14.1", "coredns", ["/coredns", "-version"])
     assert "CoreDNS-1.14.1" in out
-
-
-def test_hosts_toml_points_each_upstream_at_the_mirror(tmp_path):
-    written = registry.write_hosts_toml("10.88.0.1:5000", tmp_path)
-    assert sorted(p.parent.name for p in written) == ["docker.io", "gcr.io", "registry.k8s.io"]
-    docker = tomllib.loads((tmp_path / "docker.io" / "hosts.toml").read_text())
-    assert docker["server"] == "https://registry-1.docker.io"
-    assert docker["host"]["http://10.88.0.1:5000"]["capabilities"] == ["pull", "resolve"]
 
 
 def test_a_taken_port_is_refused_with_a_fix(tmp_path):

@@ -20,3 +20,34 @@ def test_every_role_declares_its_variables_in_argument_specs():
     roles = [p for p in (REPO / "roles").iterdir() if (p / "tasks").is_dir()]
     assert len(roles) >= 12
     assert [r.name for r in roles if not (r / "meta" / "argument_specs.yml").is_file()] == []
+
+
+def _description(option: dict) -> str:
+    text = option.get("description", "")
+    return " ".join(text) if isinstance(text, list) else text
+
+
+def test_argument_specs_agree_with_the_role_defaults_and_explain_each_variable():
+    import yaml
+
+    problems = []
+    for role in sorted(p for p in (REPO / "roles").iterdir() if (p / "tasks").is_dir()):
+        specs = yaml.safe_load((role / "meta" / "argument_specs.yml").read_text())["argument_specs"]
+        defaults_file = role / "defaults" / "main.yml"
+        defaults = (yaml.safe_load(defaults_file.read_text()) or {}) if defaults_file.is_file() else {}
+        main = specs["main"]["options"]
+        for name, value in defaults.items():
+            if name not in main:
+                problems.append(f"{role.name}: default {name} is not in argument_specs")
+            elif main[name].get("default") != value:
+                problems.append(f"{role.name}: {name} defaults to {value!r} but argument_specs says "
+                                f"{main[name].get('default')!r}")
+        for entry, spec in specs.items():
+            for name, option in (spec.get("options") or {}).items():
+                text = _description(option)
+                # A description that only repeats the name ("cni mtu") tells nobody what to set it to.
+                if len(text.split()) < 5 or text.lower().rstrip(".") == name.replace("_", " "):
+                    problems.append(f"{role.name} ({entry}): {name} needs a description saying what it does")
+                if name.startswith(role.name + "_") and name not in defaults:
+                    problems.append(f"{role.name} ({entry}): {name} is declared but has no default in defaults/main.yml")
+    assert problems == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 from pathlib import Path
 
@@ -490,42 +491,41 @@ class _ConfigMocks(pulumi.runtime.Mocks):
         return {}
 
 
-def test_from_pulumi_config_reads_typed_stack_values():
+@contextlib.contextmanager
+def stack_config(values: dict[str, str]):
+    """Pulumi's config as a running program sees it, for the duration of the block."""
     pulumi.runtime.set_mocks(_ConfigMocks(), project="pilothouse", stack="test", preview=False)
-    pulumi.runtime.set_all_config(
+    pulumi.runtime.set_all_config(values)
+    try:
+        yield
+    finally:
+        pulumi.runtime.set_all_config({})
+
+
+def test_from_pulumi_config_reads_typed_stack_values():
+    with stack_config(
         {
             "pilothouse:workers": "4",
             "pilothouse:ha": "true",
             "pilothouse:lbs": "2",
             "pilothouse:vip": "10.77.0.5",
         }
-    )
-    try:
+    ):
         spec = cluster_spec.from_pulumi_config()
-    finally:
-        pulumi.runtime.set_all_config({})
     assert len(spec.workers) == 4 and spec.vip == "10.77.0.5"
 
 
 def test_from_pulumi_config_refuses_a_non_numeric_count():
-    pulumi.runtime.set_mocks(_ConfigMocks(), project="pilothouse", stack="test", preview=False)
-    pulumi.runtime.set_all_config({"pilothouse:masters": "three"})
-    try:
+    with stack_config({"pilothouse:masters": "three"}):
         with pytest.raises(SpecError, match="pilothouse:masters must be a whole number.*--type int"):
             cluster_spec.from_pulumi_config()
-    finally:
-        pulumi.runtime.set_all_config({})
 
 
 def test_from_pulumi_config_reports_a_stack_key_pulumi_yaml_does_not_declare():
     # Pulumi type-checks declared keys only; a misspelt one would otherwise be ignored.
-    pulumi.runtime.set_mocks(_ConfigMocks(), project="pilothouse", stack="test", preview=False)
-    pulumi.runtime.set_all_config({"pilothouse:wrokers": "4", "aws:region": "eu-west-1"})
-    try:
+    with stack_config({"pilothouse:wrokers": "4", "aws:region": "eu-west-1"}):
         with pytest.raises(SpecError, match="unknown config key pilothouse:wrokers; did you mean workers?"):
             cluster_spec.from_pulumi_config()
-    finally:
-        pulumi.runtime.set_all_config({})
 
 
 def test_from_stack_config_reads_strings_as_pulumi_config_does():
@@ -562,15 +562,11 @@ def test_from_stack_config_reads_a_stack_file_and_leaves_encrypted_values_to_the
 
 
 def test_load_turns_a_refused_spec_into_a_run_error_carrying_only_the_problems():
-    pulumi.runtime.set_mocks(_ConfigMocks(), project="pilothouse", stack="test", preview=False)
-    pulumi.runtime.set_all_config({"pilothouse:machineCidr": "10.77.0.0/28"})
-    try:
+    with stack_config({"pilothouse:machineCidr": "10.77.0.0/28"}):
         with pytest.raises(pulumi.RunError) as caught:
             cluster_spec.load()
         with pytest.raises(SpecError) as direct:
             cluster_spec.from_pulumi_config()
-    finally:
-        pulumi.runtime.set_all_config({})
     assert str(caught.value) == str(direct.value)
     assert str(caught.value).startswith("the cluster spec has 1 problem(s); nothing was created:\n  - ")
     # Raised `from None`: nothing chained that a runtime could print along with it.
@@ -578,9 +574,5 @@ def test_load_turns_a_refused_spec_into_a_run_error_carrying_only_the_problems()
 
 
 def test_load_returns_the_spec_when_the_config_is_good():
-    pulumi.runtime.set_mocks(_ConfigMocks(), project="pilothouse", stack="test", preview=False)
-    pulumi.runtime.set_all_config({"pilothouse:workers": "3"})
-    try:
+    with stack_config({"pilothouse:workers": "3"}):
         assert len(cluster_spec.load().workers) == 3
-    finally:
-        pulumi.runtime.set_all_config({})

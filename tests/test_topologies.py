@@ -11,13 +11,12 @@ import pytest
 import yaml
 
 from infra import playbook
-from conftest import live_cluster
+from conftest import live_cluster, server_and_client
 
 pytestmark = [pytest.mark.artifacts, pytest.mark.machines]
 
 CONFIG = {"clusterName": "phsmall", "machineCidr": "10.75.0.0/24", "ha": False, "masters": 1, "lbs": 0,
           "etcdNodes": 1, "workers": 2, "podNetwork": "vxlan"}
-BUSYBOX = "docker.io/library/busybox:1.36"
 
 
 @pytest.fixture(scope="module")
@@ -47,37 +46,10 @@ def test_etcd_runs_on_its_own_machine_and_not_on_the_master(small):
     assert small.ssh(master, "systemctl is-active etcd", check=False).stdout.strip() != "active"
 
 
-PODS = """
-apiVersion: v1
-kind: Pod
-metadata: {name: vx-server, namespace: default, labels: {app: vx-server}}
-spec:
-  nodeName: %(server_node)s
-  containers:
-    - name: httpd
-      image: %(image)s
-      command: [sh, -c, "mkdir -p /www && echo hello-over-vxlan > /www/index.html && exec httpd -f -p 8080 -h /www"]
----
-apiVersion: v1
-kind: Pod
-metadata: {name: vx-client, namespace: default}
-spec:
-  nodeName: %(client_node)s
-  containers:
-    - name: sh
-      image: %(image)s
-      command: [sleep, "3600"]
-"""
-
-
 def test_pods_on_different_nodes_talk_over_the_vxlan_network(small):
-    spec = small.spec
-    server, client = spec.workers[0], spec.workers[1]
+    server, client = small.spec.workers[0], small.spec.workers[1]
     kubectl = small.kubectl.run
-    kubectl("apply", "-f", "-", input=PODS % {"server_node": server.name, "client_node": client.name,
-                                              "image": BUSYBOX})
-    kubectl("wait", "--for=condition=Ready", "pod/vx-server", "pod/vx-client", "--timeout=180s", timeout=200)
-    ip = kubectl("get", "pod", "vx-server", "-o", "jsonpath={.status.podIP}")
+    ip = server_and_client(small, "vx", server.name, client.name, "hello-over-vxlan")
     assert ip.rsplit(".", 1)[0] == server.pod_subnet.rsplit(".", 1)[0], f"{ip} is not in {server.pod_subnet}"
     # The route to the server's pod subnet leaves the client's node through a VXLAN device, not the wire.
     route = small.ssh(client.name, f"ip -j route get {ip}").stdout
@@ -86,14 +58,14 @@ def test_pods_on_different_nodes_talk_over_the_vxlan_network(small):
     assert kind == "vxlan", f"{ip} is routed via {device} ({kind}), not a vxlan device"
     deadline = time.monotonic() + 30
     while True:
-        got = kubectl("exec", "vx-client", "--", "sh", "-c", f"timeout 10 wget -qO- http://{ip}:8080/",
+        got = kubectl("-n", "vx", "exec", "client", "--", "sh", "-c", f"timeout 10 wget -qO- http://{ip}:8080/",
                       check=False).strip()
         if got == "hello-over-vxlan" or time.monotonic() > deadline:
             break
         time.sleep(1)
     assert got == "hello-over-vxlan"
     # Cluster DNS answers across nodes too (CoreDNS's pods sit wherever the scheduler put them).
-    assert "10.96.0.1" in kubectl("exec", "vx-client", "--", "nslookup", "kubernetes.default.svc.cluster.local")
+    assert "10.96.0.1" in kubectl("-n", "vx", "exec", "client", "--", "nslookup", "kubernetes.default.svc.cluster.local")
 
 
 def test_a_second_playbook_run_changes_nothing(small):

@@ -49,6 +49,10 @@ ACCEPTED = {
     "other CIDRs": {"machineCidr": "192.168.50.0/24", "podCidr": "172.20.0.0/16", "serviceCidr": "172.30.0.0/16"},
 }
 
+# For these, every role's argument_specs must accept the inventory too: site.yml with `--tags always` runs only
+# the argument validation each role starts with (on the controller), nothing else.
+EVERY_ROLE = ["default HA (3 masters, 1 LB, 2 workers)", "vxlan, no LB", "2 LBs with a VIP", "external etcd 3"]
+
 
 def _pop_etcd_member(inv):
     inv["all"]["children"]["etcd"]["hosts"].pop("pilothouse-master-3")
@@ -118,13 +122,13 @@ def _validate_play(workdir: Path) -> Path:
     return path
 
 
-def _run(workdir: Path, playbook_file: Path) -> Run:
+def _run(workdir: Path, playbook_file: Path, *args: str) -> Run:
     env = {**os.environ, "ANSIBLE_CONFIG": str(ROLES / "ansible.cfg"), "ANSIBLE_ROLES_PATH": str(ROLES),
            # Any attempt to reach a machine fails at once (unreachable) instead of waiting for a timeout.
            "ANSIBLE_SSH_EXECUTABLE": "/bin/false", "ANSIBLE_NOCOLOR": "1"}
     started = time.monotonic()
     proc = subprocess.run([str(Path(sys.executable).parent / "ansible-playbook"), "-i", str(workdir / "inventory.yml"),
-                           "-e", f"@{workdir / 'extravars.json'}", str(playbook_file)],
+                           "-e", f"@{workdir / 'extravars.json'}", str(playbook_file), *args],
                           cwd=workdir, capture_output=True, text=True, timeout=300, env=env)
     return Run(proc.returncode, proc.stdout + proc.stderr, time.monotonic() - started, workdir)
 
@@ -159,6 +163,9 @@ def runs(request, tmp_path_factory):
         validate = _validate_play(root)
         for case in _selected(request, "test_validate_accepts_every_cluster_the_spec_accepts"):
             jobs[("accepted", case)] = (_prepare(mp, root, f"ok {case}", ACCEPTED[case]), validate)
+        for case in _selected(request, "test_every_role_accepts_the_inventory"):
+            jobs[("roles", case)] = (_prepare(mp, root, f"roles {case}", ACCEPTED[case]), ROLES / "site.yml",
+                                     "--tags", "always")
         for case in _selected(request, "test_validate_refuses_a_bad_inventory_with_a_message_naming_the_fix"):
             config, mutate, _ = REFUSED[case]
             # The whole site.yml: validation must stop it before the PKI (the next play) is created.
@@ -180,6 +187,15 @@ def test_validate_accepts_every_cluster_the_spec_accepts(case, runs):
     assert run.returncode == 0, f"{case}: validation refused a cluster the spec accepts:\n{run.stdout[-4000:]}"
     assert not re.search(r"(unreachable|failed)=[1-9]", run.stdout), run.stdout[-4000:]
     assert "Validate | Check every binary is on the controller" in run.stdout, "the validate play did not run to its end"
+
+
+@pytest.mark.parametrize("case", EVERY_ROLE)
+def test_every_role_accepts_the_inventory(case, runs):
+    run = runs[("roles", case)]
+    assert run.returncode == 0, f"{case}: a role's argument_specs refused the inventory:\n{run.stdout[-4000:]}"
+    checked = set(re.findall(r"^TASK \[(\w+) : Validating arguments", run.stdout, re.M))
+    assert checked >= {"validate", "pki", "etcd", "kube_apiserver", "containerd", "cni", "kubelet", "coredns"}, checked
+    assert ("loadbalancer" in checked) == (ACCEPTED[case].get("lbs", 1) > 0)
 
 
 @pytest.mark.parametrize("case", list(REFUSED))

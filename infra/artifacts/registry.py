@@ -2,7 +2,8 @@
 
 Debian's docker-registry binary runs as a plain daemon (no systemd unit: the host may not run systemd),
 one process per listen address, all sharing one storage directory. containerd on each node treats it as a
-mirror of docker.io, registry.k8s.io and gcr.io (see `hosts_toml`), so manifests keep their upstream names:
+mirror of docker.io, registry.k8s.io, gcr.io, quay.io and ghcr.io (the containerd role's
+`containerd_mirrored_registries`), so manifests keep their upstream names:
 docker.io/library/nginx:latest is repository `library/nginx` here, registry.k8s.io/pause:3.10.1 is `pause`.
 
 Layout of a registry home (default ~/.cache/pilothouse/registry/):
@@ -30,8 +31,6 @@ from .images import ImageFamily, ensure_host_packages, ensure_images, mirror_pat
 from .store import ArtifactError, cache_root
 
 # What containerd would otherwise pull from, per registry host it mirrors.
-UPSTREAMS = {"docker.io": "https://registry-1.docker.io", "registry.k8s.io": "https://registry.k8s.io",
-             "gcr.io": "https://gcr.io"}
 MANIFEST_TYPES = ", ".join(["application/vnd.oci.image.manifest.v1+json",
                             "application/vnd.oci.image.index.v1+json",
                             "application/vnd.docker.distribution.manifest.v2+json"])
@@ -232,32 +231,3 @@ def push_all(endpoint: str, families: list[ImageFamily] | None = None, log=print
                 counts["pushed"] += 1
                 log(f"  pushed {ref} -> {endpoint}/{repo}:{ref_tag}")
     return counts
-
-
-def hosts_toml(mirror: str) -> dict[str, str]:
-    """containerd registry host configs: {registry host: contents of certs.d/<host>/hosts.toml}.
-
-    containerd (1.5+, including Debian bookworm's 1.6) reads them when the CRI plugin has
-    `[plugins."io.containerd.grpc.v1.cri".registry] config_path = "/etc/containerd/certs.d"`.
-    The mirror is tried first for pulls and tag resolution; the upstream `server` is only the fallback,
-    which an offline node never reaches.
-    """
-    url = mirror if "://" in mirror else f"http://{mirror}"
-    files = {}
-    for host, upstream in UPSTREAMS.items():
-        files[host] = (f'# Pull {host} images from the local pilothouse registry (a mirror), upstream as fallback.\n'
-                       f'server = "{upstream}"\n\n'
-                       f'[host."{url}"]\n'
-                       f'  capabilities = ["pull", "resolve"]\n')
-    return files
-
-
-def write_hosts_toml(mirror: str, certs_d: Path) -> list[Path]:
-    """Write `hosts_toml(mirror)` under certs_d/<host>/hosts.toml; returns the files written."""
-    written = []
-    for host, text in hosts_toml(mirror).items():
-        path = Path(certs_d) / host / "hosts.toml"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-        written.append(path)
-    return written

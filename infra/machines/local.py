@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
+import hashlib
 import ipaddress
 import json
 import os
@@ -44,7 +45,9 @@ STOP_TIMEOUT = 15.0
 
 Status = Literal["running", "stopped", "absent"]
 
-NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$")
+# A machine name is its hostname and names its cgroups and state directory; 32 keeps those paths short.
+MAX_NAME_LENGTH = 32
+NAME_RE = re.compile(rf"^[a-z0-9]([a-z0-9-]{{0,{MAX_NAME_LENGTH - 2}}}[a-z0-9])?$")
 BRIDGE_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_-]{0,14}$")
 
 
@@ -59,12 +62,10 @@ def bridge_name(cluster_name: str) -> str:
     name = f"ph-{cluster_name}"
     if len(name) <= 15:
         return name
-    import hashlib
-
     return f"ph-{cluster_name[:5]}_{hashlib.sha256(cluster_name.encode()).hexdigest()[:6]}"
 
 
-# Flags proven on this kind of host (see ARCHITECTURE.md): cgroup v1, no machined, all capabilities
+# Flags proven on this kind of host: cgroup v1, no machined, all capabilities
 # (kubelet and containerd need them), the keyring syscalls runc uses, and /dev/kmsg for kubelet.
 NSPAWN_FLAGS = (
     "--boot", "--register=no", "--keep-unit", "--console=passive", "--resolv-conf=off",
