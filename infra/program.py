@@ -83,6 +83,7 @@ class Cluster(pulumi.ComponentResource):
     """Machines + registry + the configured Kubernetes cluster."""
 
     admin_kubeconfig: pulumi.Output[str]
+    playbook: playbook.Playbook
     inventory: pulumi.Output[str]
     playbook_vars: pulumi.Output[str]
     ssh_private_key: pulumi.Output[str]
@@ -100,12 +101,28 @@ class Cluster(pulumi.ComponentResource):
             f"{name}-playbook", inventory=inventory, extravars=extravars,
             ssh_private_key=hosts.ssh_private_key, log_dir=str(workdir / "logs"),
             opts=ResourceOptions(parent=self, depends_on=[*hosts.machines, mirror]))
-        self.admin_kubeconfig = run.changed.apply(lambda _: str(workdir / "admin.kubeconfig"))
+        # Known once the playbook has run; keyed on its id (known in a preview of an update, unlike its
+        # outputs), so a preview that re-runs the playbook does not show the Kubernetes providers replaced.
+        self.admin_kubeconfig = run.id.apply(lambda _: str(workdir / "admin.kubeconfig"))
+        self.playbook = run
         self.inventory = Output.from_input(inventory)
         self.playbook_vars = Output.from_input(extravars)
         self.ssh_private_key = hosts.ssh_private_key
         self.register_outputs({"admin_kubeconfig": self.admin_kubeconfig, "inventory": self.inventory,
                                "playbook_vars": self.playbook_vars, "ssh_private_key": self.ssh_private_key})
+
+
+def deleted_with(target: pulumi.Resource) -> ResourceOptions:
+    """Options for a component whose every resource lives inside the cluster: when the cluster goes too
+    (`pulumi destroy`), Pulumi skips deleting them one by one, since the machines take them along. Removing
+    one of them alone (a manifest deleted) still deletes it. The option is set on each child, which does
+    not inherit it from its component."""
+
+    def mark(args: pulumi.ResourceTransformationArgs) -> pulumi.ResourceTransformationResult:
+        return pulumi.ResourceTransformationResult(
+            args.props, ResourceOptions.merge(args.opts, ResourceOptions(deleted_with=target)))
+
+    return ResourceOptions(transformations=[mark])
 
 
 def build(spec: spec_mod.ClusterSpec, manifests_dir: Path = REPO / "workloads", lb_range: str | None = None) -> None:
@@ -115,13 +132,14 @@ def build(spec: spec_mod.ClusterSpec, manifests_dir: Path = REPO / "workloads", 
     used = tuple(m.address for m in spec.machines) + (spec.host_address,)
     cluster_addons = addons.Addons(f"{spec.name}-addons", addons.AddonsArgs(
         kubeconfig=cluster.admin_kubeconfig, lb_address_range=lb_range or spec.lb_address_range,
-        machine_cidr=str(spec.machine_cidr), used_addresses=used), opts=ResourceOptions(depends_on=[cluster]))
+        machine_cidr=str(spec.machine_cidr), used_addresses=used),
+        opts=ResourceOptions.merge(deleted_with(cluster.playbook), ResourceOptions(depends_on=[cluster])))
     # The notes' sample workloads, after the add-ons they need (ingress, LoadBalancer, storage).
     workloads.Samples(f"{spec.name}-samples", workloads.SamplesArgs(
         kubeconfig=workloads.kubeconfig_content(cluster.admin_kubeconfig), manifests_dir=manifests_dir,
         keys_dir=playbook.cluster_dir(spec.name) / "workload-keys",
         node_labels=workloads.default_node_labels([m.name for m in spec.workers])),
-        ResourceOptions(depends_on=[cluster, cluster_addons]))
+        ResourceOptions.merge(deleted_with(cluster.playbook), ResourceOptions(depends_on=[cluster, cluster_addons])))
     pulumi.export("ingress_address", cluster_addons.ingress_address)
     pulumi.export("admin_kubeconfig", cluster.admin_kubeconfig)
     pulumi.export("inventory", cluster.inventory)

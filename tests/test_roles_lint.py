@@ -1,4 +1,4 @@
-"""The roles are ansible-lint clean at its strictest profile, and every role declares its variables."""
+"""The roles are ansible-lint clean at its strictest profile, and every role declares and explains its variables."""
 from __future__ import annotations
 
 import subprocess

@@ -44,14 +44,21 @@ def build_all() -> list:
     try:
         for number, (kind, name, version) in enumerate(steps, start=1):
             current.update(what=f"{name} {version}", since=time.monotonic())
+            built = []  # a builder logs only when it builds something
+
+            def log(msg: str) -> None:
+                built.append(msg)
+                _say(f"  {msg}")
+
             if kind == "go":
-                entries.append(ensure_go(name, lock, log=lambda m: _say(f"  {m}")))
+                entries.append(ensure_go(name, lock, log=log))
             elif kind == "image":
-                images.ensure_images([name], spec, log=lambda m: _say(f"  {m}"))
-            else:
+                images.ensure_images([name], spec, log=log)
+            elif not rootfs.base_rootfs_path().is_dir():
+                log("debootstrap of the machines' base (about 2 minutes)")
                 rootfs.ensure_base_rootfs()
             took = time.monotonic() - current["since"]
-            state = "cached" if took < 5 else f"built in {_minutes(took)}"
+            state = f"built in {_minutes(took)}" if built else "cached"
             _say(f"[{number}/{len(steps)}] {kind} {name} {version}: {state}")
     finally:
         stop.set()
