@@ -176,20 +176,21 @@ def test_an_ingress_routes_by_host_and_path_through_traefik(cluster):
     def path(p: str, service: str) -> dict:
         return {"path": p, "pathType": "Prefix", "backend": {"service": {"name": service, "port": {"number": 80}}}}
 
+    # Hosts of this test's own: the shared cluster's samples already route foo/bar.example.com.
     # No ingressClassName: the default IngressClass (traefik) must be filled in at admission.
     kube.apply({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "metadata": {"name": "routes", "namespace": NS},
                 "spec": {"rules": [
-                    {"host": "foo.example.com", "http": {"paths": [path("/kubia", "web-kubia"), path("/", "web-nginx")]}},
-                    {"host": "bar.example.com", "http": {"paths": [path("/", "web-kubia")]}}]}})
+                    {"host": "foo.addons-test.example", "http": {"paths": [path("/kubia", "web-kubia"), path("/", "web-nginx")]}},
+                    {"host": "bar.addons-test.example", "http": {"paths": [path("/", "web-kubia")]}}]}})
     assert kube.json("get", "-n", NS, "ingress", "routes")["spec"].get("ingressClassName") == "traefik"
 
     def routed() -> None:
-        cases = {("foo.example.com", "/"): "Welcome to nginx!", ("foo.example.com", "/kubia/x"): "You've hit web-kubia",
-                 ("bar.example.com", "/anything"): "You've hit web-kubia"}
+        cases = {("foo.addons-test.example", "/"): "Welcome to nginx!", ("foo.addons-test.example", "/kubia/x"): "You've hit web-kubia",
+                 ("bar.addons-test.example", "/anything"): "You've hit web-kubia"}
         for (host, p), expected in cases.items():
             status, body, _ = _http(address, 80, p, host=host)
             assert status == 200 and expected in body, f"{host}{p}: HTTP {status} {body[:80]!r}"
-        status, _, _ = _http(address, 80, "/", host="nobody.example.com")
+        status, _, _ = _http(address, 80, "/", host="nobody.addons-test.example")
         assert status == 404, f"an unknown host got HTTP {status}, not 404"
 
     _eventually(routed, 120)
@@ -226,7 +227,7 @@ def _self_signed(host: str) -> tuple[str, str]:
 def test_an_ingress_serves_tls_with_the_certificate_from_its_secret(cluster):
     kube, live = cluster
     address = live.outputs["ingress_address"]
-    host = "secure.example.com"
+    host = "secure.addons-test.example"
     cert, key = _self_signed(host)
     kube.apply(*_deployment("tls-kubia", "docker.io/luksa/kubia:latest", 8080),
                {"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
