@@ -100,16 +100,18 @@ def _pulumi_errors(what: str):
     except auto.errors.CommandError as exc:
         # Each diagnostic is an `error:` line and the indented lines under it (a spec's problems, a
         # playbook's failed hosts); Pulumi repeats some, so each is kept once.
-        blocks: list[str] = []
+        blocks: list[list[str]] = []
+        open_block = False  # an `error:` line's block lasts until the first unindented or blank line
         for line in str(exc).splitlines():
             if line.lstrip().startswith("error:"):
-                blocks.append(line.strip())
-            elif blocks and line.startswith((" ", "\t")) and line.strip() and not blocks[-1].endswith("\n"):
-                blocks[-1] += "\n  " + line.strip()
-            elif blocks and not blocks[-1].endswith("\n"):
-                blocks[-1] += "\n"
-        errors = [b.strip() for b in dict.fromkeys(blocks)] or [str(exc)[-2000:]]
-        raise Exit(f"{what} failed:\n" + "\n".join(dict.fromkeys(errors)), code=1) from None
+                blocks.append([line.strip()])
+                open_block = True
+            elif open_block and line.startswith((" ", "\t")) and line.strip():
+                blocks[-1].append("  " + line.strip())
+            else:
+                open_block = False
+        errors = list(dict.fromkeys("\n".join(b) for b in blocks)) or [str(exc)[-2000:]]
+        raise Exit(f"{what} failed:\n" + "\n".join(errors), code=1) from None
 
 
 @task(help={"stack": "Pulumi stack (its config is Pulumi.<stack>.yaml)", "refresh": "refresh state first"})

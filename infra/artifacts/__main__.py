@@ -7,11 +7,10 @@ import threading
 import time
 from pathlib import Path
 
-from . import ArtifactError, ensure_go, export_bundle, load_lock, missing
 from infra.machines import rootfs
 from infra.machines.errors import MachineError
 
-from . import images
+from . import ArtifactError, ensure_go, export_bundle, images, load_lock, missing
 
 HEARTBEAT = 30.0  # seconds between "still building" lines while one long build runs
 
