@@ -59,8 +59,18 @@ spec:
   ports: [{port: 80, targetPort: 8080}]
 """
 
-SHARED_CONFIG = {"clusterName": "phtest", "machineCidr": "10.76.0.0/24", "lbs": 2, "vip": "10.76.0.5",
-                 "masters": 3, "workers": 2}
+# PILOTHOUSE_TEST_NET moves the test clusters to other names and networks (10.<n>.0.0/24 and 10.<n-1>.0.0/24),
+# so two checkouts can run the live tests side by side on one host.
+TEST_NET = int(os.environ.get("PILOTHOUSE_TEST_NET", "76"))
+TEST_SUFFIX = "" if TEST_NET == 76 else str(TEST_NET)
+
+
+def cluster_network(name: str, offset: int = 0) -> dict:
+    """clusterName and machineCidr of a test cluster: `name` on 10.<TEST_NET - offset>.0.0/24."""
+    return {"clusterName": name + TEST_SUFFIX, "machineCidr": f"10.{TEST_NET - offset}.0.0/24"}
+
+
+SHARED_CONFIG = {**cluster_network("phtest"), "lbs": 2, "vip": f"10.{TEST_NET}.0.5", "masters": 3, "workers": 2}
 
 
 @dataclass

@@ -11,11 +11,11 @@ import pytest
 import yaml
 
 from infra import playbook
-from conftest import live_cluster, server_and_client
+from conftest import live_cluster, server_and_client, cluster_network
 
 pytestmark = [pytest.mark.artifacts, pytest.mark.machines]
 
-CONFIG = {"clusterName": "phsmall", "machineCidr": "10.75.0.0/24", "ha": False, "masters": 1, "lbs": 0,
+CONFIG = {**cluster_network("phsmall", offset=1), "ha": False, "masters": 1, "lbs": 0,
           "etcdNodes": 1, "workers": 2, "podNetwork": "vxlan"}
 
 
