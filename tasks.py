@@ -66,8 +66,15 @@ def _stack(name: str):
 
     try:
         return stack.select_stack(name, program.main, stack.REPO / ".pulumi")
-    except ArtifactError as exc:  # the CLI itself is an artifact
+    except (ArtifactError, stack.PassphraseError) as exc:  # the CLI itself is an artifact
         raise Exit(str(exc), code=1) from None
+
+
+def _recover(st):
+    """Clear what a killed run left in the stack (its lock, its pending operations) before using it."""
+    from infra import recovery, stack
+
+    return recovery.recover(st, stack.REPO / ".pulumi", say=_stream)
 
 
 def _check_spec(stack_name: str) -> None:
@@ -125,6 +132,7 @@ def up(c, stack="dev", refresh=False):
     _check_spec(stack)
     artifacts(c)  # every build happens here, with progress, before Pulumi starts
     st = _stack(stack)
+    _recover(st)
     with _pulumi_errors("pulumi refresh"):
         if refresh:
             st.refresh(on_output=_stream)
@@ -155,7 +163,10 @@ def env(c):
 
     with contextlib.redirect_stdout(sys.stderr):
         artifacts(c)
-        exports = stack.pulumi_env(stack.REPO / ".pulumi")
+        try:
+            exports = stack.pulumi_env(stack.REPO / ".pulumi")
+        except stack.PassphraseError as exc:
+            raise Exit(str(exc), code=1) from None
     for key, value in exports.items():
         print(f"export {key}={shlex.quote(value)}")
 
@@ -173,13 +184,26 @@ def preview(c, stack="dev"):
 @task(help={"stack": "Pulumi stack to destroy", "dry_run": "only say what would be destroyed"})
 def down(c, stack="dev", dry_run=False):
     """Destroy every machine and the registry of the stack: `pulumi destroy`."""
+    from infra.stack import destroy_plan
+
     st = _stack(stack)
     if dry_run:
-        resources = [r for r in st.export_stack().deployment.get("resources", []) if "LocalMachine" in r["type"]]
-        print("would destroy: " + ", ".join(r["id"] for r in resources))
+        outputs = {k: v.value for k, v in st.outputs().items()}
+        backend = st.get_all_config().get("pilothouse:backend")
+        resources = st.export_stack().deployment.get("resources", [])
+        print(f"`invoke down --stack {stack}` would:")
+        for line in destroy_plan(outputs, backend.value if backend else "local", len(resources)):
+            print(f"  {line}")
         return
+    recovered = _recover(st)
     with _pulumi_errors("pulumi destroy"):
         st.destroy(on_output=_stream)
+    if recovered.cut_off_machines:
+        from infra.machines import local
+
+        for name in recovered.cut_off_machines:  # made by the interrupted run, never recorded in the state
+            local.destroy(name)
+            print(f"deleted machine {name}, whose creation had been interrupted")
 
 
 @task
@@ -193,17 +217,23 @@ def machines(c):
 
 @task(help={"name": "machine name (see `invoke machines`)", "stack": "Pulumi stack that owns it"})
 def ssh(c, name, stack="dev"):
-    """Open a root shell on one machine, with the stack's SSH key."""
+    """Open a root shell on one machine, with the stack's SSH key, checking the machine's pinned host key."""
+    import shlex
+
+    from infra import known_hosts
     from infra.machines import local
 
     state = local.get(name)
     if state is None:
         raise Exit(f"no machine named {name}; `invoke machines` lists them")
     outputs = _stack(stack).outputs()
-    keyfile = Path(outputs["admin_kubeconfig"].value).parent / "ssh_key"
+    workdir = Path(outputs["admin_kubeconfig"].value).parent
+    keyfile = workdir / "ssh_key"
     keyfile.write_text(outputs["ssh_private_key"].value)
     keyfile.chmod(0o600)
-    c.run(f"ssh -i {keyfile} -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null root@{state.address}",
+    known = workdir / known_hosts.FILE_NAME
+    known_hosts.write(known, [known_hosts.entry(state.address, state.ssh_host_key)])
+    c.run(shlex.join(["ssh", "-i", str(keyfile), *known_hosts.options(known, pinned=True), f"root@{state.address}"]),
           pty=True)
 
 
@@ -271,6 +301,147 @@ def ci_up(c, stack="dev"):
     print(path)
 
 
+def _plain_outputs(stack_name: str) -> dict:
+    outputs = {k: v.value for k, v in _stack(stack_name).outputs().items()}
+    if "admin_kubeconfig" not in outputs:
+        raise Exit(f"stack {stack_name} has no cluster: run `invoke up --stack {stack_name}` first")
+    return outputs
+
+
+def _etcd_access(stack_name: str):
+    from infra import etcd
+
+    try:
+        return etcd.access(_plain_outputs(stack_name))
+    except etcd.BackupError as exc:
+        raise Exit(str(exc), code=1) from None
+
+
+@task(name="backup", help={"stack": "Pulumi stack whose etcd to back up",
+                           "retention": "how many snapshots to keep in the cluster directory (oldest go first)"})
+def etcd_backup(c, stack="dev", retention=5):
+    """Save a verified etcd snapshot (+ .sha256, + .json) into the cluster directory's backups/."""
+    from infra import etcd
+
+    cluster = _etcd_access(stack)
+    try:
+        done = etcd.backup(cluster, int(retention))
+    except etcd.BackupError as exc:
+        raise Exit(f"backup failed: {exc}", code=1) from None
+    print(f"{done.path}\n  {done.size / 1e6:.1f} MB, revision {done.revision}, {done.keys} keys, from {done.member}, "
+          f"verified, in {done.seconds:.1f}s")
+
+
+@task(name="list", help={"stack": "Pulumi stack whose backups to list"})
+def etcd_list(c, stack="dev"):
+    """The etcd snapshots kept in the cluster directory, oldest first."""
+    import json
+
+    from infra import etcd
+
+    cluster = _etcd_access(stack)
+    found = etcd.snapshots(cluster.backups)
+    if not found:
+        print(f"no backups in {cluster.backups}: `invoke etcd.backup` takes one")
+    for path in found:
+        meta_file = path.with_name(path.name + ".json")
+        meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+        print(f"{path}  {path.stat().st_size / 1e6:.1f} MB  revision {meta.get('revision', '?')}  "
+              f"{meta.get('taken_at', f'(no {meta_file.name}: not restorable)')}")
+
+
+@task(name="restore", help={"snapshot": "the snapshot file (a path, or a name in the cluster's backups/)",
+                            "stack": "Pulumi stack whose etcd to restore",
+                            "dry_run": "check the snapshot and say what would happen, touching nothing"})
+def etcd_restore(c, snapshot, stack="dev", dry_run=False):
+    """Restore every etcd member from a snapshot `invoke etcd.backup` took (the API is down meanwhile)."""
+    from infra import etcd, playbook as playbook_mod
+
+    cluster = _etcd_access(stack)
+    path = Path(snapshot)
+    if not path.exists() and (cluster.backups / snapshot).exists():
+        path = cluster.backups / snapshot
+    try:
+        if dry_run:
+            meta = etcd.check_snapshot(path, cluster)
+            print(f"{path.name}: checksum and origin ({meta['cluster']}) check out, revision {meta['revision']}.\n"
+                  f"would stop every API server, controller-manager and scheduler, stop and restore etcd on "
+                  f"{', '.join(n for n, _ in cluster.members)} (old data dirs moved aside), start them together, "
+                  "then the control plane")
+            return
+        seconds = etcd.restore(cluster, path)
+    except (etcd.BackupError, playbook_mod.PlaybookError) as exc:
+        raise Exit(f"restore failed: {exc}", code=1) from None
+    print(f"restored {path.name}; the API answers /readyz through the load balancer ({seconds:.0f}s in all)")
+
+
+@task(name="list", default=True, help={"stack": "Pulumi stack whose certificates to list"})
+def certs_list(c, stack="dev"):
+    """Every certificate of the cluster's PKI: file, subject, issuer, expiry, days left (soonest first).
+    `invoke certs` runs this."""
+    from infra import certs as certs_mod
+
+    outputs = _plain_outputs(stack)
+    pki = Path(outputs["admin_kubeconfig"]).parent / "pki"
+    found = certs_mod.scan(pki)
+    print(f"{pki}:\n{certs_mod.render(found)}")
+    for line in certs_mod.warnings(found):
+        print(f"WARNING: {line}")
+
+
+@task(name="rotate", help={"stack": "Pulumi stack whose certificates to rotate",
+                           "dry_run": "only say what would be renewed and restarted, in which order"})
+def certs_rotate(c, stack="dev", dry_run=False):
+    """Renew every leaf certificate with a new key (the CAs stay) and roll the components one machine at a time
+    behind the load balancer: etcd members, load balancers, masters (each API server drained first), nodes.
+    A request loop runs through the load balancer meanwhile; its figures are printed at the end."""
+    from infra import drill as drill_mod, etcd, playbook as playbook_mod, rotation
+
+    outputs = _plain_outputs(stack)
+    try:
+        cluster = etcd.access(outputs)
+    except etcd.BackupError as exc:
+        raise Exit(str(exc), code=1) from None
+    if dry_run:
+        print(f"`invoke certs.rotate --stack {stack}` would:")
+        for line in rotation.plan(cluster.pki, outputs["machines"]):
+            print(f"  {line}")
+        return
+    try:
+        result = rotation.rotate(cluster, outputs["machines"])
+    except (rotation.RotationError, playbook_mod.PlaybookError, drill_mod.DrillError) as exc:
+        raise Exit(f"certificate rotation: {exc}", code=1) from None
+    print(result.render())
+
+
+DRILLS = ("master", "etcd-leader", "lb", "worker")
+
+
+@task(help={"name": f"which drill: {', '.join(DRILLS)}", "stack": "Pulumi stack to drill on"})
+def drill(c, name, stack="dev"):
+    """Failure drill on a live local cluster: pull the plug on one machine while requests run through the load
+    balancer, print what clients saw and how long the cluster took to notice, bring the machine back with
+    `up --refresh` and wait until the cluster is healthy. master: the controller-manager lease holder;
+    etcd-leader: the etcd leader's machine; lb: the load balancer holding the virtual address (2+ lbs);
+    worker: the worker running the most pods."""
+    from infra import drill as drill_mod
+    from infra.machines import local
+
+    if name not in DRILLS:
+        raise Exit(f"unknown drill {name!r}; available: {', '.join(DRILLS)}")
+    backend = _stack(stack).get_all_config().get("pilothouse:backend")
+    if backend and backend.value != "local":
+        raise Exit(f"drills pull the plug on this host's local machines; stack {stack} uses backend "
+                   f"{backend.value}, whose machines this host cannot power off", code=1)
+    outputs = _plain_outputs(stack)
+    try:
+        result = drill_mod.run(name, outputs["machines"], outputs["ssh_private_key"], outputs["admin_kubeconfig"],
+                               kill=local.pull_plug, bring_back=lambda: up(c, stack=stack, refresh=True))
+    except drill_mod.DrillError as exc:
+        raise Exit(f"drill {name}: {exc}", code=1) from None
+    print(result.render())
+
+
 @task(name="verify", help={"stack": "Pulumi stack whose workloads to check",
                            "only": "comma-separated sample ids to check (e.g. W13,W57); default: all"})
 def verify_workloads(c, stack="dev", only=None):
@@ -298,10 +469,12 @@ def test(c, k=None, fast=False):
         artifacts(c)
     if k:
         args += ["-k", k]
-    code = subprocess.call([sys.executable, "-m", "pytest", "-v", "-rs", *args])
+    # The slowest steps at the end, so a run shows where CI's time budget goes.
+    code = subprocess.call([sys.executable, "-m", "pytest", "-v", "-rs", "--durations=25", *args])
     if code:
         raise Exit(code=code)
 
 
 ns = Collection(deps, artifacts, env, up, preview, down, playbook, status, kubeconfig, ci_up, machines, ssh, test,
-               Collection("workloads", verify_workloads))
+               drill, Collection("certs", certs_list, certs_rotate), Collection("workloads", verify_workloads),
+               Collection("etcd", etcd_backup, etcd_restore, etcd_list))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shlex
 import shutil
 import subprocess
 import sys
@@ -20,15 +21,17 @@ from pathlib import Path
 
 import ansible_runner
 import pulumi
+import yaml
 from pulumi import dynamic
 
-from infra import artifacts
-from infra.spec import API_PORT, ClusterSpec, Machine
+from infra import artifacts, known_hosts
+from infra.machines import remote
+from infra.spec_model import API_PORT, ClusterSpec, Machine, SshAccess
 
 ROLES = Path(__file__).resolve().parent.parent / "roles"
 # The binaries the roles copy to the machines; the add-ons and the CLI are not theirs, so a rebuilt add-on
 # never re-runs the playbook.
-ROLE_ARTIFACTS = ("kubernetes", "etcd")
+ROLE_ARTIFACTS = ("kubernetes", "etcd", "etcdutl")
 CLUSTERS_ROOT = Path.home() / ".local" / "share" / "pilothouse"
 
 
@@ -38,18 +41,52 @@ def cluster_dir(cluster_name: str) -> Path:
     return CLUSTERS_ROOT / cluster_name
 
 
-def inventory(spec: ClusterSpec, addresses: dict[str, str] | None = None, ssh_user: str | None = None) -> dict:
+# The host variable holding a machine's pinned host key as its known_hosts line; `run_playbook` writes these
+# lines into the cluster's known_hosts file before Ansible connects. The roles never read it.
+KNOWN_HOST_VAR = "pilothouse_ssh_known_host"
+
+
+def connection_vars(machine: dict, known_hosts_file: Path) -> dict:
+    """The host variables that say how Ansible logs into a machine (one record of a backend's `machines`
+    output): the host key check against the cluster's known_hosts file (strict for a pinned key, the local
+    backend's; first use recorded otherwise), and a user, key file, SSH address or jump host where the backend
+    gives one. `ansible_host` stays the node's address whatever SSH connects to, because the roles use it as the
+    node IP."""
+    found: dict = {}
+    if machine["ssh_user"] != "root":
+        found.update(ansible_user=machine["ssh_user"], ansible_become=True)
+    if machine["ssh_key_file"]:
+        found["ansible_ssh_private_key_file"] = machine["ssh_key_file"]
+    pinned = machine.get("ssh_host_key", "")
+    if pinned:
+        found[KNOWN_HOST_VAR] = known_hosts.entry(machine["ssh_address"], pinned)
+    args = known_hosts.options(known_hosts_file, pinned=bool(pinned))
+    if machine["ssh_address"] != machine["address"]:
+        args += ["-o", f"HostName={machine['ssh_address']}"]
+    proxy = remote.proxy_command(SshAccess(machine["ssh_user"], machine["ssh_key_file"], machine["jump_host"]),
+                                 known_hosts_file)
+    if proxy:
+        args += ["-o", f"ProxyCommand={proxy}"]
+    found["ansible_ssh_common_args"] = shlex.join(args)
+    return found
+
+
+def inventory(spec: ClusterSpec, machines: list[dict] | None = None) -> dict:
     """The Ansible inventory (YAML layout): the hosts, the four groups, and the cluster-wide variables.
 
-    `addresses` maps a machine name to the address Ansible connects to (a cloud machine's public address);
-    machines not in it are reached on their machine-network address.
+    `machines` is the backend's `machines` output (infra/machines/__init__.py), which says how to log into each
+    machine and its host key; without it (tests that never connect) every machine is a root login on its
+    address with ssh's own host key settings.
     """
-    addresses = addresses or {}
+    records = {m["name"]: m for m in machines or []}
+    known = cluster_dir(spec.name) / known_hosts.FILE_NAME
     hosts = {}
     for m in spec.machines:
-        host = {"ansible_host": addresses.get(m.name, m.address)}
+        host = {"ansible_host": m.address}
         if m.pod_subnet:
             host["pilothouse_pod_subnet"] = m.pod_subnet
+        if m.name in records:
+            host.update(connection_vars(records[m.name], known))
         hosts[m.name] = host
     cluster_vars = {
         "pilothouse_cluster_name": spec.name,
@@ -62,8 +99,6 @@ def inventory(spec: ClusterSpec, addresses: dict[str, str] | None = None, ssh_us
         "pilothouse_api_port": API_PORT,
         "pilothouse_api_vip": spec.vip or "",
     }
-    if ssh_user:
-        cluster_vars["ansible_user"] = ssh_user
 
     def group(machines: tuple[Machine, ...]) -> dict:
         return {"hosts": {m.name: {} for m in machines}}
@@ -77,16 +112,49 @@ def inventory(spec: ClusterSpec, addresses: dict[str, str] | None = None, ssh_us
     }}}
 
 
-def extravars(spec: ClusterSpec, registry_mirror: str) -> dict:
+# The role variables naming an image the project deploys itself, with the role whose default holds its ref.
+PINNED_ROLE_IMAGES = {"containerd_sandbox_image": "containerd", "coredns_image": "coredns"}
+
+
+def role_default(role: str, var: str) -> str:
+    return yaml.safe_load((ROLES / role / "defaults" / "main.yml").read_text())[var]
+
+
+def pinned_role_images(pinned: dict[str, str]) -> dict[str, str]:
+    """The roles' image variables set to their default refs by digest (containerd takes a digest for the
+    sandbox image too); {} when nothing is pinned (images from upstream). A default that is not a built
+    image cannot be served by the local registry: that stops here, not on the machines."""
+    if not pinned:
+        return {}
+    refs = {var: role_default(role, var) for var, role in PINNED_ROLE_IMAGES.items()}
+    unknown = sorted(f"{var}={ref} (roles/{PINNED_ROLE_IMAGES[var]}/defaults/main.yml)"
+                     for var, ref in refs.items() if ref not in pinned)
+    if unknown:
+        raise artifacts.ArtifactError(f"no image in lock.yaml `images:` has the ref of {', '.join(unknown)}: "
+                                      "add the ref to the family that builds it, or change the default")
+    return {var: pinned[ref] for var, ref in refs.items()}
+
+
+def extravars(spec: ClusterSpec, registry_mirror: str, pinned_images: dict[str, str] | None = None) -> dict:
     """The variables that are paths on this host or depend on it: the binaries to copy, the registry the
-    machines pull from, and where the PKI and the admin kubeconfig are kept."""
+    machines pull from ("" for the upstream registries) and the images pulled by digest from it, and where
+    the PKI and the admin kubeconfig are kept."""
     workdir = cluster_dir(spec.name)
     return {
         "pilothouse_binaries": artifacts.binaries([artifacts.lookup_go(n) for n in ROLE_ARTIFACTS]),
         "pilothouse_registry_mirror": registry_mirror,
+        **pinned_role_images(pinned_images or {}),
         "pilothouse_pki_dir": str(workdir / "pki"),
         "pilothouse_admin_kubeconfig": str(workdir / "admin.kubeconfig"),
     }
+
+
+def ansible_env() -> dict[str, str]:
+    """The environment of every playbook run: roles/ansible.cfg, and host key checking on, which ansible-runner
+    turns off unless told (it would put `StrictHostKeyChecking=no` before the inventory's options, and the first
+    value of an ssh option wins)."""
+    return {"ANSIBLE_CONFIG": str(ROLES / "ansible.cfg"), "ANSIBLE_ROLES_PATH": str(ROLES),
+            "ANSIBLE_HOST_KEY_CHECKING": "True"}
 
 
 class PlaybookError(RuntimeError):
@@ -121,6 +189,10 @@ def failures(events) -> list[str]:
         message = res.get("msg") or res.get("stderr") or res.get("message") or "no message"
         if isinstance(message, str) and res.get("stderr") and res.get("msg") and res["stderr"] not in message:
             message = f"{message}: {res['stderr']}"
+        if "Host key verification failed" in str(message):
+            message = ("its SSH host key is not the one recorded in the cluster's known_hosts file, so nothing was "
+                       "sent to it: another machine may answer at its address. If the host was reinstalled, remove "
+                       f"its line (`ssh-keygen -R <address> -f <cluster dir>/known_hosts`) and run again. ssh said: {message}")
         what = "unreachable" if event["event"] == "runner_on_unreachable" else f"task '{data.get('task', '?')}'"
         lines.append(f"{data.get('host', '?')}: {what}: {' '.join(str(message).split())[:600]}")
     return lines
@@ -142,19 +214,23 @@ def added_workers(old_inventory: dict, new_inventory: dict) -> list[str]:
 
 
 def run_playbook(inventory: dict, extravars: dict, ssh_private_key: str, log_dir: Path,
-                 quiet: bool = True, scale_nodes: list[str] | None = None) -> RunResult:
-    """Run roles/site.yml against the inventory, or roles/scale.yml when only `scale_nodes` (new workers)
-    need configuring; raise PlaybookError naming the failed hosts."""
-    log_dir.mkdir(parents=True, exist_ok=True)
+                 quiet: bool = True, scale_nodes: list[str] | None = None, playbook: str = "site.yml") -> RunResult:
+    """Run roles/site.yml (or another playbook of roles/) against the inventory, or roles/scale.yml when only
+    `scale_nodes` (new workers) need configuring; raise PlaybookError naming the failed hosts."""
+    # log_dir sits in the cluster's directory, which will hold its PKI and admin kubeconfig: private from the start.
+    for private in (log_dir.parent, log_dir):
+        private.mkdir(mode=0o700, parents=True, exist_ok=True)
+        private.chmod(0o700)
+    # The pinned host keys go into the file the inventory's ssh options check (machines made anew replace theirs).
+    known_hosts.write(cluster_dir(inventory["all"]["vars"]["pilothouse_cluster_name"]) / known_hosts.FILE_NAME,
+                      [h[KNOWN_HOST_VAR] for h in inventory["all"]["hosts"].values() if KNOWN_HOST_VAR in h])
     started = time.monotonic()
-    playbook = "site.yml"
     if scale_nodes:
         playbook, extravars = "scale.yml", {**extravars, "pilothouse_scale_nodes": scale_nodes}
     with tempfile.TemporaryDirectory(prefix="pilothouse-ansible-") as private:
-        env = {"ANSIBLE_CONFIG": str(ROLES / "ansible.cfg"), "ANSIBLE_ROLES_PATH": str(ROLES)}
         result = ansible_runner.run(
             private_data_dir=private, playbook=str(ROLES / playbook), inventory=inventory,
-            extravars=extravars, ssh_key=ssh_private_key, envvars=env, quiet=quiet,
+            extravars=extravars, ssh_key=ssh_private_key, envvars=ansible_env(), quiet=quiet,
             project_dir=str(ROLES), artifact_dir=str(log_dir / "runs"), rotate_artifacts=5,
         )
         stdout = result.stdout.read()
@@ -168,11 +244,15 @@ def run_playbook(inventory: dict, extravars: dict, ssh_private_key: str, log_dir
     return RunResult(sum(stats.get("changed", {}).values()), time.monotonic() - started, log)
 
 
-def follow_runs(root: Path, pattern: str, since: float, stop: threading.Event, echo=print) -> None:
-    """Echo the PLAY, TASK and failure lines of every playbook run under `root` (its stdout files matching
-    `pattern`) that starts after `since`, as ansible-runner writes them, so a long `pulumi up` says which
-    phase Ansible is in (and on which hosts it failed) instead of going silent. Meant for a background
-    thread; returns when `stop` is set."""
+FOLLOWED = ("PLAY [", "TASK [", "RUNNING HANDLER [", "fatal:", "failed:")
+
+
+def follow_runs(root: Path, pattern: str, since: float, stop: threading.Event, echo=print,
+                prefixes: tuple[str, ...] = FOLLOWED) -> None:
+    """Echo the lines starting with one of `prefixes` (by default PLAY, TASK and failure lines) of every
+    playbook run under `root` (its stdout files matching `pattern`) that starts after `since`, as ansible-runner
+    writes them, so a long `pulumi up` says which phase Ansible is in (and on which hosts it failed) instead of
+    going silent. Meant for a background thread; returns when `stop` is set."""
     seen: dict[Path, int] = {}
     while not stop.wait(1.0):
         for out in root.glob(pattern):
@@ -185,7 +265,7 @@ def follow_runs(root: Path, pattern: str, since: float, stop: threading.Event, e
                 done = chunk.rfind("\n") + 1
                 seen[out] = seen.get(out, 0) + len(chunk[:done].encode())
             for line in chunk[:done].splitlines():
-                if line.startswith(("PLAY [", "TASK [", "RUNNING HANDLER [", "fatal:", "failed:")):
+                if line.startswith(prefixes):
                     echo(f"  ansible +{time.time() - since:4.0f}s  {line.rstrip(' *')}")
 
 

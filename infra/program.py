@@ -17,7 +17,9 @@ from pulumi import Output, ResourceOptions, dynamic
 
 from infra import addons, playbook, spec as spec_mod, workloads
 from infra.artifacts import ArtifactError, images, registry
-from infra.machines.provider import LocalMachines
+from infra.machines import aws_credentials
+from infra.machines.existing import ExistingHosts
+from infra.machines.provider import LocalMachines, SshKey
 
 REGISTRY_PORT = 5000
 REPO = Path(__file__).resolve().parent.parent
@@ -28,16 +30,13 @@ def registry_endpoint(spec: spec_mod.ClusterSpec) -> str:
     return f"{spec.host_address}:{REGISTRY_PORT}"
 
 
-def _image_digests() -> list[str]:
-    return sorted(t.digest for family in images.ensure_images(build=False) for t in family.tags)
-
-
 class _RegistryProvider(dynamic.ResourceProvider):
-    """The local OCI registry on the machines' bridge, holding every image the cluster pulls."""
+    """The local OCI registry on the machines' bridge, holding every image the cluster pulls: read-only there,
+    written only through a temporary daemon on this host's loopback (registry.publish)."""
 
     def create(self, props):
-        handle = registry.start([props["listen"]])
-        registry.push_all(handle.endpoint, images.ensure_images(build=False), log=lambda _msg: None)
+        handle = registry.start([props["listen"]], readonly=True)
+        registry.publish(handle.home, images.ensure_images(build=False), log=lambda _msg: None)
         return dynamic.CreateResult(id_=props["listen"], outs={**props, "endpoint": handle.endpoint})
 
     def read(self, id_, props):
@@ -46,11 +45,13 @@ class _RegistryProvider(dynamic.ResourceProvider):
 
     def diff(self, id_, olds, news):
         moved = olds.get("listen") != news.get("listen")
-        return dynamic.DiffResult(changes=moved or olds.get("images") != news.get("images"),
-                                  replaces=["listen"] if moved else [])
+        # `mode` is absent from the state of a registry made before it was read-only: that one is restarted.
+        changed = moved or any(olds.get(k) != news.get(k) for k in ("images", "mode"))
+        return dynamic.DiffResult(changes=changed, replaces=["listen"] if moved else [])
 
     def update(self, id_, olds, news):
-        registry.push_all(olds["endpoint"], images.ensure_images(build=False), log=lambda _msg: None)
+        handle = registry.start([olds["listen"]], readonly=True)
+        registry.publish(handle.home, images.ensure_images(build=False), log=lambda _msg: None)
         return dynamic.UpdateResult(outs={**news, "endpoint": olds["endpoint"]})
 
     def delete(self, id_, props):
@@ -60,18 +61,26 @@ class _RegistryProvider(dynamic.ResourceProvider):
 class LocalRegistry(dynamic.Resource):
     endpoint: pulumi.Output[str]
 
-    def __init__(self, name: str, listen: str, opts: ResourceOptions | None = None):
+    def __init__(self, name: str, listen: str, digests: list[str], opts: ResourceOptions | None = None):
         # The image digests are an input, so a rebuilt image is pushed by the next `pulumi up`.
         super().__init__(_RegistryProvider(), name,
-                         {"listen": listen, "images": _image_digests(), "endpoint": None}, opts)
+                         {"listen": listen, "images": digests, "mode": "read-only", "endpoint": None}, opts)
 
 
-def machines_for(name: str, spec: spec_mod.ClusterSpec, opts: ResourceOptions) -> LocalMachines:
-    """The machines of the spec, from the backend it names."""
-    if spec.backend != "local":
-        raise pulumi.RunError(f"pilothouse:backend {spec.backend!r} is not wired into `pulumi up` yet; only "
-                              "`local` is (the libvirt and aws components are tested with Pulumi mocks only)")
-    return LocalMachines(name, spec, opts)
+def machines_for(name: str, spec: spec_mod.ClusterSpec, opts: ResourceOptions) -> pulumi.ComponentResource:
+    """The machines of the spec, from the backend it names; each has the outputs infra/machines/__init__.py lists."""
+    if spec.backend == "local":
+        return LocalMachines(name, spec, opts)
+    if spec.backend == "existing":
+        return ExistingHosts(name, spec, registry=spec.host_address, opts=opts)
+    if spec.backend == "aws":
+        from infra.machines import aws  # late: pulumi_aws is large, and only this backend needs it
+
+        aws_credentials.require()
+        key = SshKey(f"{name}-ssh", comment=f"pilothouse-{spec.name}", opts=opts)
+        return aws.AwsMachines(name, aws.AwsMachinesArgs(spec, key.public_key, key.private_key), opts)
+    raise pulumi.RunError(f"pilothouse:backend {spec.backend!r} is not wired into `pulumi up`; local, existing and "
+                          "aws are (the libvirt component is tested with Pulumi mocks only)")
 
 
 @dataclass(frozen=True)
@@ -85,27 +94,43 @@ class Cluster(pulumi.ComponentResource):
     admin_kubeconfig: pulumi.Output[str]
     playbook: playbook.Playbook
     inventory: pulumi.Output[str]
+    machines: pulumi.Output[list]
     playbook_vars: pulumi.Output[str]
+    pinned_images: dict[str, str]      # image ref -> the same image by digest ({} when pulled from upstream)
     ssh_private_key: pulumi.Output[str]
 
     def __init__(self, name: str, args: ClusterArgs, opts: ResourceOptions | None = None):
         super().__init__("pilothouse:cluster:Cluster", name, None, opts)
         spec = args.spec
         hosts = machines_for(f"{name}-machines", spec, ResourceOptions(parent=self))
-        mirror = LocalRegistry(f"{name}-registry", registry_endpoint(spec),
-                               opts=ResourceOptions(parent=self, depends_on=hosts.machines))
+        # How images reach the machines is the backend's to say: through the registry mirror this host runs on
+        # the machine network, or from the upstream registries (an empty mirror).
+        ready: list[pulumi.Resource] = [hosts]
+        mirror_url = ""
+        # Through the mirror, the images the project deploys itself (pause, CoreDNS, the add-ons) are pulled
+        # by the digest of the local build; from upstream they keep their tags (their digests differ).
+        self.pinned_images = {}
+        if hosts.images_from_host:
+            families = images.ensure_images(build=False)
+            digests = sorted(t.digest for family in families for t in family.tags)
+            ready.append(LocalRegistry(f"{name}-registry", registry_endpoint(spec), digests,
+                                       opts=ResourceOptions(parent=self, depends_on=[hosts])))
+            mirror_url = f"http://{registry_endpoint(spec)}"
+            self.pinned_images = registry.pinned_refs(families)
         workdir = playbook.cluster_dir(spec.name)
-        inventory = json.dumps(playbook.inventory(spec))
-        extravars = json.dumps(playbook.extravars(spec, f"http://{registry_endpoint(spec)}"))
+        # Known once the machines are (a cloud's public addresses); it carries the dependency on them.
+        inventory = hosts.machines.apply(lambda machines: json.dumps(playbook.inventory(spec, machines)))
+        extravars = json.dumps(playbook.extravars(spec, mirror_url, self.pinned_images))
         run = playbook.Playbook(
             f"{name}-playbook", inventory=inventory, extravars=extravars,
             ssh_private_key=hosts.ssh_private_key, log_dir=str(workdir / "logs"),
-            opts=ResourceOptions(parent=self, depends_on=[*hosts.machines, mirror]))
+            opts=ResourceOptions(parent=self, depends_on=ready))
         # Known once the playbook has run; keyed on its id (known in a preview of an update, unlike its
         # outputs), so a preview that re-runs the playbook does not show the Kubernetes providers replaced.
         self.admin_kubeconfig = run.id.apply(lambda _: str(workdir / "admin.kubeconfig"))
         self.playbook = run
-        self.inventory = Output.from_input(inventory)
+        self.inventory = inventory
+        self.machines = hosts.machines
         self.playbook_vars = Output.from_input(extravars)
         self.ssh_private_key = hosts.ssh_private_key
         self.register_outputs({"admin_kubeconfig": self.admin_kubeconfig, "inventory": self.inventory,
@@ -132,7 +157,7 @@ def build(spec: spec_mod.ClusterSpec, manifests_dir: Path = REPO / "workloads", 
     used = tuple(m.address for m in spec.machines) + (spec.host_address,)
     cluster_addons = addons.Addons(f"{spec.name}-addons", addons.AddonsArgs(
         kubeconfig=cluster.admin_kubeconfig, lb_address_range=lb_range or spec.lb_address_range,
-        machine_cidr=str(spec.machine_cidr), used_addresses=used),
+        machine_cidr=str(spec.machine_cidr), used_addresses=used, pinned_images=cluster.pinned_images),
         opts=ResourceOptions.merge(deleted_with(cluster.playbook), ResourceOptions(depends_on=[cluster])))
     # The notes' sample workloads, after the add-ons they need (ingress, LoadBalancer, storage).
     workloads.Samples(f"{spec.name}-samples", workloads.SamplesArgs(
@@ -145,8 +170,8 @@ def build(spec: spec_mod.ClusterSpec, manifests_dir: Path = REPO / "workloads", 
     pulumi.export("inventory", cluster.inventory)
     pulumi.export("playbook_vars", cluster.playbook_vars)  # with the inventory: what `invoke playbook` re-runs
     pulumi.export("ssh_private_key", Output.secret(cluster.ssh_private_key))
-    pulumi.export("machines", [{"name": m.name, "roles": list(m.roles), "address": m.address}
-                               for m in spec.machines])
+    # name, roles, address (what `invoke status` and the tests read) and how SSH reaches each machine.
+    pulumi.export("machines", cluster.machines)
 
 
 def main() -> None:

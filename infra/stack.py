@@ -8,11 +8,12 @@ through the SDK's `pulumi-resource-pulumi-python` script.
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 
 from pulumi import automation as auto
 
@@ -20,6 +21,46 @@ from infra import artifacts
 from infra.artifacts import store
 
 REPO = Path(__file__).resolve().parent.parent
+PASSPHRASE_VARS = ("PULUMI_CONFIG_PASSPHRASE", "PULUMI_CONFIG_PASSPHRASE_FILE")
+# What the operator set, read before select_stack() puts this backend's choice into os.environ (a second
+# backend in the same process, e.g. a test cluster's, must not inherit the first one's file).
+OPERATOR_PASSPHRASE = {k: os.environ[k] for k in PASSPHRASE_VARS if k in os.environ}
+# The default of earlier versions: a backend holding stacks but no passphrase file was made with it.
+OLD_DEFAULT_PASSPHRASE = "pilothouse-local"
+
+
+class PassphraseError(RuntimeError):
+    """No passphrase for a backend that already holds stacks; the message names the fix."""
+
+
+def private_dir(path: Path) -> Path:
+    """Create `path` (and its parents) if needed and make it 0700: it holds state or credentials."""
+    path.mkdir(parents=True, exist_ok=True)
+    path.chmod(0o700)
+    return path
+
+
+def passphrase_env(state_dir: Path) -> dict[str, str]:
+    """The variable that gives the CLI the passphrase encrypting the stack's secrets (the machines' SSH key,
+    the kubeconfig): the operator's PULUMI_CONFIG_PASSPHRASE(_FILE) if set, else a random passphrase made
+    once for this backend and kept in <state_dir>/passphrase (0600, beside the state it unlocks; `.pulumi/`
+    is not in git). Losing that file makes the stack's secrets unreadable: `pulumi destroy` then fails too."""
+    if OPERATOR_PASSPHRASE:
+        return dict(OPERATOR_PASSPHRASE)
+    path = private_dir(state_dir) / "passphrase"
+    if not path.exists():
+        stacks = state_dir / ".pulumi" / "stacks"
+        if stacks.is_dir() and any(stacks.rglob("*.json*")):
+            raise PassphraseError(
+                f"{state_dir} holds stacks but no passphrase file ({path}). If they were made by an earlier "
+                f"version, whose default passphrase was {OLD_DEFAULT_PASSPHRASE!r}, keep using it with "
+                f"`printf {OLD_DEFAULT_PASSPHRASE} > {path} && chmod 600 {path}` (change it later with "
+                "`pulumi stack change-secrets-provider passphrase`), or set PULUMI_CONFIG_PASSPHRASE.")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(32))
+    path.chmod(0o600)
+    return {"PULUMI_CONFIG_PASSPHRASE_FILE": str(path)}
 
 
 def pulumi_tools() -> Path:
@@ -47,15 +88,15 @@ def pulumi_tools() -> Path:
 def pulumi_env(state_dir: Path) -> dict[str, str]:
     """Environment for an offline CLI: file backend, no update check, no plugin downloads."""
     tools = pulumi_tools()
-    state_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(state_dir)
     env = {
         "PATH": os.pathsep.join([str(tools), str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
         "PULUMI_HOME": str(state_dir / "home"),
         "PULUMI_BACKEND_URL": f"file://{state_dir}",
         "PULUMI_SKIP_UPDATE_CHECK": "true",
         "PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION": "true",
-        # The state holds the machines' SSH keys as secrets; a local passphrase is what a file backend needs.
-        "PULUMI_CONFIG_PASSPHRASE": os.environ.get("PULUMI_CONFIG_PASSPHRASE", "pilothouse-local"),
+        # The state holds the machines' SSH keys as secrets, encrypted with a passphrase (none is built in).
+        **passphrase_env(state_dir),
         # Dynamic providers run in this venv's Python, and unpickle classes from `infra` by module name.
         "PULUMI_PYTHON_CMD": sys.executable,
         "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
@@ -89,3 +130,24 @@ def select_stack(stack: str, program: Callable[[], None], state_dir: Path,
     for key, value in (config or {}).items():
         stack_obj.set_config(key, auto.ConfigValue(value=value))
     return stack_obj
+
+
+# What `pulumi destroy` does to the machines of each backend: the backends that made them delete them; the
+# existing backend never deletes a host it did not create, it resets it.
+DESTROY_ACTIONS = {"local": "delete machine", "libvirt": "delete VM and its disks", "aws": "terminate instance",
+                   "existing": "reset host (the host stays)"}
+
+
+def destroy_plan(outputs: Mapping[str, object], backend: str, resources: int) -> list[str]:
+    """The lines `invoke down --dry-run` prints: each machine and what destroying the stack does to it, the
+    cluster directory removed with it, and how many resources the state holds."""
+    machines = outputs.get("machines") or []
+    if not machines:
+        return [f"the stack has no machines; destroying it removes its state ({resources} resources)"]
+    action = DESTROY_ACTIONS.get(backend, "delete machine")
+    lines = [f"{m['name']:<28} {m['address']:<15} {','.join(m['roles']):<11} {action}" for m in machines]
+    kubeconfig = outputs.get("admin_kubeconfig")
+    if kubeconfig:
+        lines.append(f"remove {Path(str(kubeconfig)).parent} (PKI, admin kubeconfig, etcd backups, logs)")
+    lines.append(f"{resources} resources in the state in all (machines, playbook, add-ons, workloads)")
+    return lines

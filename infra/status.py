@@ -6,10 +6,14 @@ import json
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import paramiko
 
+from infra import certs, known_hosts as known_hosts_mod
 from infra.kube import Kubectl
+from infra.machines import keys, remote
+from infra.spec_model import SshAccess
 
 # The systemd units each role runs (roles/*/templates); keepalived only exists with 2+ LBs.
 SERVICES = {
@@ -27,15 +31,34 @@ class Report:
     leases: dict[str, str] = field(default_factory=dict)  # lease -> holder
     nodes: dict[str, bool] = field(default_factory=dict)  # node -> Ready
     problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # not broken yet: certificates close to expiry
 
     @property
     def healthy(self) -> bool:
         return not self.problems
 
 
-def _ssh(address: str, key: str, command: str, timeout: float = 20) -> str:
+def _ssh(machine: dict, key: str, command: str, timeout: float = 20, known_hosts: str = "") -> str:
+    """Run `command` on a machine: with the stack's generated key, or as its backend says to log in (a user's
+    own key file, user or jump host on backend existing). The host key is checked: the machine's pinned key
+    (local backend), else the one recorded in the cluster's `known_hosts` file."""
+    if machine.get("ssh_key_file"):
+        access = SshAccess(machine["ssh_user"], machine["ssh_key_file"], machine.get("jump_host", ""))
+        host = remote.Host(machine["name"], machine.get("ssh_address", machine["address"]), (), access, known_hosts)
+        sudo = [] if access.user == "root" else ["sudo", "-n"]
+        proc = subprocess.run([*remote.ssh_args(host), *sudo, command], capture_output=True, text=True,
+                              timeout=timeout)
+        if proc.returncode == 255:
+            raise OSError(proc.stderr.strip())
+        return proc.stdout
+    address = machine["address"]
     client = paramiko.SSHClient()
-    client.set_missing_host_key_policy(paramiko.AutoAddPolicy())  # machines are re-created with new host keys
+    if machine.get("ssh_host_key"):
+        pinned = keys.host_key_from_line(machine["ssh_host_key"])
+        client.get_host_keys().add(address, pinned.get_name(), pinned)
+    elif known_hosts and Path(known_hosts).exists():
+        client.load_host_keys(known_hosts)
+    client.set_missing_host_key_policy(paramiko.RejectPolicy())
     client.connect(address, username="root", pkey=paramiko.Ed25519Key.from_private_key(io.StringIO(key)),
                    timeout=timeout, allow_agent=False, look_for_keys=False)
     try:
@@ -45,28 +68,30 @@ def _ssh(address: str, key: str, command: str, timeout: float = 20) -> str:
         client.close()
 
 
-def _services(machine: dict, key: str) -> dict[str, str]:
+def _services(machine: dict, key: str, known_hosts: str) -> dict[str, str]:
     units = sorted({u for role in machine["roles"] for u in SERVICES.get(role, [])})
     try:
-        states = _ssh(machine["address"], key, "systemctl is-active " + " ".join(units)).split()
-    except (OSError, paramiko.SSHException) as exc:
+        states = _ssh(machine, key, "systemctl is-active " + " ".join(units), known_hosts=known_hosts).split()
+    except (OSError, subprocess.SubprocessError, paramiko.SSHException) as exc:
         return {u: f"unreachable ({exc.__class__.__name__})" for u in units}
     return dict(zip(units, states))
 
 
 def collect(machines: list[dict], ssh_key: str, kubeconfig: str) -> Report:
-    """The report; `kubeconfig` is the admin kubeconfig's path (its server is the load balancer)."""
+    """The report; `kubeconfig` is the admin kubeconfig's path (its server is the load balancer), in the cluster
+    directory beside the PKI whose certificates are checked for expiry."""
     # An operator wants the answer fast: each request gives up after 10 s, each command after 30 s.
     kube = Kubectl(kubeconfig, timeout=30)
+    known_hosts = str(Path(kubeconfig).parent / known_hosts_mod.FILE_NAME)
     with ThreadPoolExecutor(max_workers=8) as pool:
-        states = list(pool.map(lambda m: _services(m, ssh_key), machines))
+        states = list(pool.map(lambda m: _services(m, ssh_key, known_hosts), machines))
     report = Report([{**m, "services": s} for m, s in zip(machines, states)])
     for m in report.machines:
         report.problems += [f"{m['name']}: {u} is {s}" for u, s in m["services"].items() if s != "active"]
     etcd_hosts = [m for m in machines if "etcd" in m["roles"]]
     try:
-        raw = _ssh(etcd_hosts[0]["address"], ssh_key,
-                   "etcdctl-pilothouse endpoint status --cluster -w json")
+        raw = _ssh(etcd_hosts[0], ssh_key, "etcdctl-pilothouse endpoint status --cluster -w json",
+                   known_hosts=known_hosts)
         for member in json.loads(raw):
             status = member["Status"]
             report.etcd_members.append({"endpoint": member["Endpoint"], "version": status["version"],
@@ -90,6 +115,9 @@ def collect(machines: list[dict], ssh_key: str, kubeconfig: str) -> Report:
         report.problems += [f"node {n} is not Ready" for n in sorted(kubelets) if not report.nodes.get(n)]
     except (subprocess.SubprocessError, ValueError, KeyError) as exc:   # KubectlError, TimeoutExpired
         report.problems.append(f"API server (through the load balancer) does not answer: {exc}")
+    certificates = certs.scan(Path(kubeconfig).parent / "pki")
+    report.warnings += certs.warnings(certificates)
+    report.problems += [f"certificate {c.path.name} has expired" for c in certificates if c.days_left() < 0]
     return report
 
 
@@ -105,5 +133,6 @@ def render(report: Report) -> str:
         lines.append(f"lease {lease:<26} held by {holder}")
     ready = sum(report.nodes.values())
     lines.append(f"nodes Ready: {ready}/{len(report.nodes)}")
+    lines += [f"WARNING: {w}" for w in report.warnings]
     lines.append("healthy" if report.healthy else "UNHEALTHY:\n  " + "\n  ".join(report.problems))
     return "\n".join(lines)

@@ -1,6 +1,7 @@
 """The cluster add-ons (infra/addons/) on a live cluster: MetalLB gives LoadBalancer Services an address
-the host reaches, Traefik routes Ingresses by host and path and serves their TLS Secrets, and
-local-path-provisioner binds claims on the default StorageClass to data that outlives its pod.
+the host reaches, Traefik routes Ingresses by host and path and serves their TLS Secrets,
+local-path-provisioner binds claims on the default StorageClass to data that outlives its pod, and
+metrics-server serves the Metrics API through the API server's aggregation layer.
 
 The live tests run on the session's shared cluster (tests/conftest.py), in a namespace of their own.
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 import datetime
 import http.client
 import ipaddress
+import json
 import socket
 import ssl
 import time
@@ -40,7 +42,7 @@ def test_every_addon_image_is_one_the_image_families_build():
     refs = {r for f in yaml.safe_load(artifacts.LOCK.read_text())["images"]["families"].values()
             for t in f["tags"].values() for r in t["refs"]}
     used = set()
-    for name in ("traefik", "metallb", "local-path"):
+    for name in ("traefik", "metallb", "local-path", "metrics-server"):
         for obj in addons.load(name):
             spec = (obj.get("spec") or {}).get("template", {}).get("spec", {})
             used |= {c["image"] for c in spec.get("containers", [])}
@@ -48,6 +50,17 @@ def test_every_addon_image_is_one_the_image_families_build():
                             ["data"]["helperPod.yaml"])
     used |= {c["image"] for c in helper["spec"]["containers"]}
     assert used - refs == set(), f"images no family in lock.yaml provides: {sorted(used - refs)}"
+
+
+def test_metrics_server_verifies_the_kubelets_with_the_cluster_ca():
+    deployment = next(o for o in addons.load("metrics-server") if o["kind"] == "Deployment")
+    args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--kubelet-insecure-tls" not in args
+    assert "--kubelet-certificate-authority=/var/run/secrets/kubernetes.io/serviceaccount/ca.crt" in args
+    assert "--kubelet-preferred-address-types=InternalIP" in args
+    binding = next(o for o in addons.load("metrics-server") if o["kind"] == "RoleBinding")
+    assert binding["roleRef"]["name"] == "extension-apiserver-authentication-reader"
+    assert binding["metadata"]["namespace"] == "kube-system"
 
 
 def test_the_default_classes_are_traefik_and_local_path():
@@ -131,7 +144,8 @@ def test_every_addon_is_ready_and_traefik_has_an_address_from_the_pool(cluster):
         f"Traefik's address {address} is not from {live.spec.lb_address_range}"
     for ns, kind, name in (("metallb-system", "deployment", "controller"), ("metallb-system", "daemonset", "speaker"),
                            ("traefik", "deployment", "traefik"),
-                           ("local-path-storage", "deployment", "local-path-provisioner")):
+                           ("local-path-storage", "deployment", "local-path-provisioner"),
+                           ("kube-system", "deployment", "metrics-server")):
         obj = kube.json("get", "-n", ns, kind, name)
         status = obj["status"]
         ready = status.get("readyReplicas") if kind == "deployment" else status.get("numberReady")
@@ -274,3 +288,21 @@ def test_a_claim_on_the_default_class_binds_and_its_data_survives_the_pod(cluste
     kube.apply(pod("reader", "cat /data/proof"))
     kube.run("wait", "-n", NS, "--for=jsonpath={.status.phase}=Succeeded", "pod/reader", "--timeout=120s", timeout=140)
     assert kube.run("logs", "-n", NS, "reader").strip() == "kept-across-pods"
+
+
+@pytest.mark.artifacts
+@pytest.mark.machines
+def test_the_metrics_api_is_available_and_serves_every_node(cluster):
+    kube, _ = cluster
+    service = kube.json("get", "apiservice", "v1beta1.metrics.k8s.io")
+    available = next(c for c in service["status"]["conditions"] if c["type"] == "Available")
+    assert available["status"] == "True", available
+
+    def nodes() -> dict:
+        metrics = json.loads(kube.run("get", "--raw", "/apis/metrics.k8s.io/v1beta1/nodes"))
+        assert metrics["items"], "no node metrics yet"
+        return {m["metadata"]["name"]: m["usage"] for m in metrics["items"]}
+
+    usage = _eventually(nodes, 90)
+    assert set(usage) == {n["metadata"]["name"] for n in kube.json("get", "nodes")["items"]}
+    assert all(u["cpu"].rstrip("n").isdigit() and u["memory"].endswith("Ki") for u in usage.values()), usage

@@ -54,7 +54,7 @@ def wait_for(predicate, timeout: float, what: str):
 @pytest.mark.parametrize("binary,args", [
     ("kube-apiserver", ["--version"]), ("kube-controller-manager", ["--version"]),
     ("kube-scheduler", ["--version"]), ("kubelet", ["--version"]), ("kube-proxy", ["--version"]),
-    ("kubectl", ["version", "--client"]), ("etcd", ["--version"]), ("etcdctl", ["version"]),
+    ("kubectl", ["version", "--client"]), ("etcd", ["--version"]), ("etcdctl", ["version"]), ("etcdutl", ["version"]),
     ("coredns", ["-version"]), ("pulumi", ["version"]),
 ])
 def test_every_binary_reports_its_pinned_version(built, lock, binary, args):

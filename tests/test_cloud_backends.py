@@ -105,6 +105,10 @@ def test_aws_creates_one_instance_per_machine_at_its_spec_address(default_aws):
         "roles": ["lb"],
         "address": "10.77.0.10",
         "ssh_address": "203.0.113.10",
+        "ssh_user": "admin",
+        "ssh_key_file": "",
+        "jump_host": "",
+        "ssh_host_key": "",  # made at first boot: recorded on first use
     }
     assert outputs["ssh_user"] == "admin"
     assert outputs["ssh_private_key"] == PRIVATE_KEY
@@ -306,7 +310,8 @@ def test_libvirt_cloud_init_sets_hostname_static_address_and_ssh_key(default_lib
 def test_libvirt_outputs_have_the_same_shape_as_every_backend(default_libvirt):
     _, outputs, spec = default_libvirt
     assert outputs["machines"] == [
-        {"name": m.name, "roles": list(m.roles), "address": m.address, "ssh_address": m.address}
+        {"name": m.name, "roles": list(m.roles), "address": m.address, "ssh_address": m.address,
+         "ssh_user": "debian", "ssh_key_file": "", "jump_host": "", "ssh_host_key": ""}
         for m in spec.machines
     ]
     assert outputs["ssh_user"] == "debian"

@@ -41,9 +41,10 @@ def families():
 
 @pytest.fixture(scope="module")
 def mirror(families, tmp_path_factory):
-    handle = registry.start([f"127.0.0.1:{free_port()}"], tmp_path_factory.mktemp("registry"))
+    # As on a cluster's bridge: pulled from a read-only daemon, pushed through a temporary writable one.
+    handle = registry.start([f"127.0.0.1:{free_port()}"], tmp_path_factory.mktemp("registry"), readonly=True)
     try:
-        registry.push_all(handle.endpoint, families, log=lambda m: None)
+        registry.publish(handle.home, families, log=lambda m: None)
         yield handle
     finally:
         handle.stop()
@@ -180,9 +181,9 @@ def test_images_on_busybox_share_its_layer_blob(families):
 
 
 def test_the_registry_is_reused_and_a_second_push_sends_nothing(mirror, families):
-    again = registry.start(mirror.endpoints, mirror.home)
+    again = registry.start(mirror.endpoints, mirror.home, readonly=True)
     assert again.pids == mirror.pids
-    counts = registry.push_all(mirror.endpoint, families, log=lambda m: None)
+    counts = registry.publish(mirror.home, families, log=lambda m: None)
     assert counts["pushed"] == 0 and counts["present"] > 20
 
 
@@ -211,11 +212,37 @@ def test_busybox_says_hello_world(containers):
     assert out.splitlines()[1] == "Hello from the Kubernetes cluster"
 
 
-def test_perl_prints_pi_to_2000_digits(containers):
+def test_busybox_runs_the_commands_the_notes_type(containers):
+    containers.start("docker.io/library/busybox:1.36", "bb", [
+        "sh", "-c", "mkdir -p /www && echo served-by-httpd > /www/index.html && httpd -p 8080 -h /www && "
+                    "sleep 9999 | nc -l -p 8081"])  # nc accepts one connection and never answers
+    got = containers.exec("bb", "wget", "-T", "5", "-O-", "http://127.0.0.1:8080/")
+    assert (got.returncode, got.stdout) == (0, "served-by-httpd\n"), got.stderr
+    started = time.monotonic()
+    silent = containers.exec("bb", "wget", "-T", "2", "-q", "-O-", "http://127.0.0.1:8081/")
+    took = time.monotonic() - started
+    assert silent.returncode == 1 and "timed out" in silent.stderr, (silent.returncode, silent.stderr)
+    assert 1.5 < took < 10, f"wget -T 2 gave up after {took:.1f}s"
+    for cmd in (["sleep", "1"], ["date"], ["nslookup", "--help"]):
+        done = containers.exec("bb", *cmd)
+        assert done.returncode in (0, 1) and "applet not found" not in done.stderr, (cmd, done.stderr)
+    assert "Usage: nslookup" in containers.exec("bb", "nslookup", "--help").stderr
+
+
+def test_dnsutils_has_bind_nslookup_dig_and_host(containers):
+    for cmd, said in ((["dig", "-v"], "DiG 9.18.49"), (["nslookup", "-version"], "nslookup 9.18.49"),
+                      (["host", "-V"], "host 9.18.49")):
+        proc, _ = containers.start("docker.io/tutum/dnsutils:latest", cmd[0], cmd)
+        proc.wait(30)
+        assert said in containers.log(cmd[0]), containers.log(cmd[0])
+
+
+def test_perl_runs_the_notes_pi_job_as_written(containers):
     out = containers.run("docker.io/library/perl:5.34.0", "perl",
-                         ["perl", "-MMath::BigFloat", "-le", "print Math::BigFloat->bpi(2000)"], timeout=300)
-    pi = out.strip()
-    assert len(pi) == 2001 and pi.startswith("3.14159") and pi.endswith("4780275901")
+                         ["perl", "-Mbignum=bpi", "-wle", "print bpi(2000)"], timeout=300)
+    assert out.count("\n") == 1, out[-300:]
+    pi = out.rstrip("\n")
+    assert len(pi) == 2001 and pi.startswith("3.14159265358979323846") and pi.endswith("4780275901")
 
 
 def test_nginx_serves_the_welcome_page_and_reloads(containers):
@@ -234,8 +261,70 @@ def test_kubia_answers_with_its_hostname(containers):
     assert containers.http("kubia", 8080) == (200, "You've hit kubia-7nog1\n")
     curl = containers.exec("kubia", "curl", "-s", "http://127.0.0.1:8080")
     assert curl.stdout == "You've hit kubia-7nog1\n", curl.stderr
+    bash = containers.exec("kubia", "bash", "-c", "echo $0 answers")
+    assert bash.stdout == "/bin/sh answers\n", bash.stderr
     log = containers.log("kubia")
     assert "Kubia server starting..." in log and "Received request from 127.0.0.1" in log
+
+
+TLS_SERVER = """
+import http.server, ssl, sys
+class Hello(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200); self.end_headers(); self.wfile.write(b"over tls\\n")
+    def log_message(self, *args):
+        pass
+server = http.server.HTTPServer(("127.0.0.1", int(sys.argv[3])), Hello)
+context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+context.load_cert_chain(sys.argv[1], sys.argv[2])
+server.socket = context.wrap_socket(server.socket, server_side=True)
+server.serve_forever()
+"""
+
+
+@pytest.mark.parametrize("ref", ["docker.io/luksa/kubia:latest", "docker.io/curlimages/curl:latest"])
+def test_curl_takes_the_flags_users_type(containers, tmp_path, ref):
+    name = ref.split("/")[-1].split(":")[0]
+    containers.start(ref, name, ["sh", "-c", "mkdir -p /www && echo page > /www/index.html && "
+                                             "httpd -p 8080 -h /www && sleep 9999 | nc -l -p 8081 > /tmp/request"])
+
+    def curl(*args: str) -> subprocess.CompletedProcess:
+        return containers.exec(name, "curl", *args)
+
+    assert curl("--version").stdout.startswith("curl 7.88.1")
+    assert curl("-s", "-m", "5", "http://127.0.0.1:8080/").stdout == "page\n"
+    assert curl("-s", "-o", "/tmp/saved", "http://127.0.0.1:8080/").returncode == 0
+    assert containers.exec(name, "cat", "/tmp/saved").stdout == "page\n"
+    head = curl("-s", "-I", "http://127.0.0.1:8080/").stdout
+    assert head.startswith("HTTP/1.") and " 200 " in head.splitlines()[0], head
+    # nc never answers: -m ends the wait with curl's timeout status (28); -H went out with the request.
+    started = time.monotonic()
+    silent = curl("-s", "-m", "2", "-H", "X-Typed-By: the-notes", "http://127.0.0.1:8081/")
+    assert silent.returncode == 28 and time.monotonic() - started < 10, (silent.returncode, silent.stderr)
+    assert "X-Typed-By: the-notes" in containers.exec(name, "cat", "/tmp/request").stdout
+    # TLS with a certificate no CA signed: refused (60) unless -k.
+    cert, key = _self_signed_files(tmp_path)
+    server = subprocess.Popen(["nsenter", "-t", str(containers.pid(name)), "-n", sys.executable, "-c", TLS_SERVER,
+                               str(cert), str(key), "8443"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while (got := curl("-s", "-k", "-m", "5", "https://127.0.0.1:8443/")).returncode == 7 \
+                and time.monotonic() < deadline:
+            time.sleep(0.2)  # the server is still starting
+        assert (got.returncode, got.stdout) == (0, "over tls\n"), got.stderr
+        assert curl("-s", "-m", "5", "https://127.0.0.1:8443/").returncode == 60
+    finally:
+        server.kill()
+        server.wait()
+    bundle = containers.exec(name, "sh", "-c", "grep -c 'BEGIN CERTIFICATE' /etc/ssl/certs/ca-certificates.crt")
+    assert int(bundle.stdout) > 100, "no CA bundle"
+
+
+def _self_signed_files(tmp_path: Path) -> tuple[Path, Path]:
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                    "-subj", "/CN=localhost", "-days", "1", "-keyout", str(tmp_path / "tls.key"),
+                    "-out", str(tmp_path / "tls.crt")], check=True, capture_output=True)
+    return tmp_path / "tls.crt", tmp_path / "tls.key"
 
 
 def test_kubia_v3_fails_from_the_fifth_request(containers):

@@ -3,12 +3,16 @@ decision, the failure summary and the live progress echo."""
 
 from __future__ import annotations
 
+import configparser
+import shlex
+import stat
+import subprocess
 import threading
 import time
 
 import pytest
 
-from infra import playbook
+from infra import known_hosts, playbook
 from infra.spec import from_config
 
 # --- inventory -----------------------------------------------------------------------------------------
@@ -23,16 +27,26 @@ def test_inventory_groups_put_masters_in_etcd_control_plane_and_kube_node():
     assert list(groups["lb"]["hosts"]) == ["pilothouse-lb-1"]
 
 
-def test_inventory_hosts_carry_their_addresses_and_connect_address_overrides():
+HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGv2p1iGpQk2pAdbl7N1jZt8H5wq3nF0Wf1D7w1t0K6e root@m"
+
+
+def test_inventory_hosts_carry_their_addresses_and_local_machines_only_their_pinned_host_key_check():
     spec = from_config({})
-    inv = playbook.inventory(spec, {"pilothouse-worker-1": "203.0.113.9"}, ssh_user="admin")["all"]
+    local_records = [{"name": m.name, "roles": list(m.roles), "address": m.address, "ssh_address": m.address,
+                      "ssh_user": "root", "ssh_key_file": "", "jump_host": "", "ssh_host_key": HOST_KEY}
+                     for m in spec.machines]
+    inv = playbook.inventory(spec, local_records)["all"]
+    known = str(playbook.cluster_dir("pilothouse") / "known_hosts")
     assert inv["hosts"]["pilothouse-master-1"] == {
         "ansible_host": "10.77.0.20",
         "pilothouse_pod_subnet": "10.244.0.0/24",
+        "pilothouse_ssh_known_host": "10.77.0.20 " + " ".join(HOST_KEY.split()[:2]) + " pilothouse-pinned",
+        "ansible_ssh_common_args": f"-o UserKnownHostsFile={known} -o StrictHostKeyChecking=yes -o HashKnownHosts=no",
     }
-    assert inv["hosts"]["pilothouse-lb-1"] == {"ansible_host": "10.77.0.10"}  # no kubelet, no pod subnet
-    assert inv["hosts"]["pilothouse-worker-1"]["ansible_host"] == "203.0.113.9"
-    assert inv["vars"]["ansible_user"] == "admin"
+    assert inv["hosts"]["pilothouse-lb-1"]["ansible_host"] == "10.77.0.10"  # no kubelet, no pod subnet
+    assert "pilothouse_pod_subnet" not in inv["hosts"]["pilothouse-lb-1"]
+    # Without the backend's records (tests that never connect) there is nothing to say about connections.
+    assert playbook.inventory(spec)["all"]["hosts"]["pilothouse-lb-1"] == {"ansible_host": "10.77.0.10"}
     assert inv["vars"]["pilothouse_cluster_dns"] == "10.96.0.10"
     assert inv["vars"]["pilothouse_api_endpoint"] == "10.77.0.10"
     assert inv["vars"]["pilothouse_api_port"] == 6443
@@ -180,3 +194,68 @@ def test_a_running_playbooks_phases_are_echoed_as_they_are_written(tmp_path):
         "TASK [partial]",
         "fatal: [m2]: FAILED! => {}",
     ]
+
+
+def test_a_separate_ssh_address_user_key_and_jump_host_become_connection_vars_not_node_addresses():
+    spec = from_config({})
+    worker = {"name": "pilothouse-worker-1", "roles": ["worker"], "address": "10.77.0.40",
+              "ssh_address": "203.0.113.9", "ssh_user": "admin", "ssh_key_file": "/keys/id",
+              "jump_host": "ops@bastion.example:2222"}
+    host = playbook.inventory(spec, [worker])["all"]["hosts"]["pilothouse-worker-1"]
+    assert host["ansible_host"] == "10.77.0.40"  # the roles' node IP stays the machine-network address
+    assert (host["ansible_user"], host["ansible_become"]) == ("admin", True)
+    assert host["ansible_ssh_private_key_file"] == "/keys/id"
+    args = shlex.split(host["ansible_ssh_common_args"])
+    known = f"UserKnownHostsFile={playbook.cluster_dir('pilothouse') / 'known_hosts'}"
+    # Its key is not known beforehand: the first one seen is recorded in the cluster's file, for the jump host too.
+    assert args[:8] == ["-o", known, "-o", "StrictHostKeyChecking=accept-new", "-o", "HashKnownHosts=no",
+                        "-o", "HostName=203.0.113.9"]
+    assert "pilothouse_ssh_known_host" not in host
+    proxy = shlex.split(args[9].removeprefix("ProxyCommand="))
+    assert proxy[:3] == ["ssh", "-i", "/keys/id"] and proxy[-4:] == ["2222", "-W", "%h:%p", "ops@bastion.example"]
+    assert known in proxy and "StrictHostKeyChecking=accept-new" in proxy
+
+
+def test_a_host_key_mismatch_is_reported_as_one_not_as_a_plain_unreachable_host():
+    lines = playbook.failures([_event("runner_on_unreachable", "m1", "Gathering Facts", {
+        "msg": "Failed to connect to the host via ssh: @@@ WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED! @@@\n"
+               "Host key verification failed.", "unreachable": True})])
+    assert lines[0].startswith("m1: unreachable: its SSH host key is not the one recorded in the cluster's "
+                               "known_hosts file"), lines
+    assert "ssh-keygen -R" in lines[0] and lines[0].endswith("Host key verification failed.")
+
+
+def test_the_known_hosts_file_gets_the_pinned_keys_and_keeps_keys_recorded_on_first_use(tmp_path):
+    path = tmp_path / "cluster" / "known_hosts"
+    first, gone = known_hosts.entry("10.77.0.20", HOST_KEY), known_hosts.entry("10.77.0.41", HOST_KEY)
+    known_hosts.write(path, [first, gone])
+    assert path.read_text() == f"{first}\n{gone}\n"
+    assert (stat.S_IMODE(path.stat().st_mode), stat.S_IMODE(path.parent.stat().st_mode)) == (0o600, 0o700)
+    # ssh adds a host it met first (accept-new); the machine at .20 is made anew with another key, .41 removed.
+    with path.open("a") as f:
+        f.write("198.51.100.7 ssh-ed25519 AAAAfirstuse\n10.77.0.20 ssh-rsa AAAAstale\n")
+    renewed = known_hosts.entry("10.77.0.20", "ssh-ed25519 AAAAnewkey root@m")
+    known_hosts.write(path, [renewed])
+    assert path.read_text().splitlines() == ["198.51.100.7 ssh-ed25519 AAAAfirstuse",
+                                             "10.77.0.20 ssh-ed25519 AAAAnewkey pilothouse-pinned"]
+
+
+def test_the_known_hosts_file_is_what_ssh_reads_for_a_pinned_key(tmp_path):
+    """ssh-keygen -F answers from the file the way ssh looks a host up in it."""
+    path = tmp_path / "known_hosts"
+    known_hosts.write(path, [known_hosts.entry("10.77.0.20", HOST_KEY)])
+    found = subprocess.run(["ssh-keygen", "-F", "10.77.0.20", "-f", str(path)], capture_output=True, text=True)
+    assert found.returncode == 0 and HOST_KEY.split()[1] in found.stdout, found
+    assert subprocess.run(["ssh-keygen", "-F", "10.77.0.21", "-f", str(path)], capture_output=True).returncode == 1
+
+
+def test_ansible_checks_host_keys_and_keeps_its_persistent_connections():
+    env = playbook.ansible_env()
+    assert env["ANSIBLE_HOST_KEY_CHECKING"] == "True"
+    config = configparser.ConfigParser()
+    config.read(env["ANSIBLE_CONFIG"])
+    assert config.getboolean("defaults", "host_key_checking")
+    ssh_args = config.get("ssh_connection", "ssh_args")
+    # No host key option here: ansible.cfg's ssh_args come first on ssh's command line, and the first value wins.
+    assert "ControlPersist=" in ssh_args and "StrictHostKeyChecking" not in ssh_args and "KnownHosts" not in ssh_args
+    assert config.getboolean("ssh_connection", "pipelining")

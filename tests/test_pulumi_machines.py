@@ -15,10 +15,14 @@ import pytest
 from infra import spec as spec_mod, stack
 from infra.machines import local, provider
 
+from conftest import cluster_network
+
 pytestmark = [pytest.mark.artifacts, pytest.mark.machines]
 
-CONFIG = {"pilothouse:clusterName": "phpulumi", "pilothouse:ha": "false", "pilothouse:masters": "1",
-          "pilothouse:workers": "1", "pilothouse:lbs": "0", "pilothouse:machineCidr": "10.253.0.0/24"}
+NETWORK = cluster_network("phpulumi", offset=4)
+CLUSTER = NETWORK["clusterName"]
+CONFIG = {"pilothouse:clusterName": CLUSTER, "pilothouse:ha": "false", "pilothouse:masters": "1",
+          "pilothouse:workers": "1", "pilothouse:lbs": "0", "pilothouse:machineCidr": NETWORK["machineCidr"]}
 
 
 def machines_only():
@@ -58,7 +62,7 @@ def host_leftovers(names: list[str], bridge: str) -> list[str]:
 def test_pulumi_up_creates_reachable_machines_and_destroy_removes_them(tmp_path):
     st = stack.select_stack("machines-test", machines_only, tmp_path / "state",
                             config={k: v for k, v in CONFIG.items()})
-    names = ["phpulumi-master-1", "phpulumi-worker-1"]
+    names = [f"{CLUSTER}-master-1", f"{CLUSTER}-worker-1"]
     try:
         result = st.up()
         addresses = result.outputs["addresses"].value
@@ -70,13 +74,13 @@ def test_pulumi_up_creates_reachable_machines_and_destroy_removes_them(tmp_path)
         assert set(again.change_summary) == {"same"}, again.change_summary
 
         # A machine that dies behind Pulumi's back: refresh notices, and the next up boots it again.
-        os.kill(local.get("phpulumi-worker-1").pid, signal.SIGKILL)
-        wait_until(lambda: local.status("phpulumi-worker-1") != "running", 15)
+        os.kill(local.get(f"{CLUSTER}-worker-1").pid, signal.SIGKILL)
+        wait_until(lambda: local.status(f"{CLUSTER}-worker-1") != "running", 15)
         st.refresh()
         assert st.preview().change_summary.get("create") == 1
         st.up()
-        assert ssh_hostname(addresses["phpulumi-worker-1"], key) == "phpulumi-worker-1"
+        assert ssh_hostname(addresses[f"{CLUSTER}-worker-1"], key) == f"{CLUSTER}-worker-1"
     finally:
         st.destroy()
         st.workspace.remove_stack("machines-test")
-    assert host_leftovers(names, local.bridge_name("phpulumi")) == []
+    assert host_leftovers(names, local.bridge_name(CLUSTER)) == []

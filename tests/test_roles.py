@@ -70,7 +70,9 @@ def test_a_secret_is_encrypted_in_etcd(shared_cluster):
         kubectl.run("delete", "secret", "roles-test-secret", check=False)
 
 
-@pytest.mark.parametrize("component", ["kube-controller-manager", "kube-scheduler"])
+# The controller-manager's lease is moved by a harder failure in tests/test_second_day.py: the master drill
+# pulls the plug on its holder's machine.
+@pytest.mark.parametrize("component", ["kube-scheduler"])
 def test_stopping_the_lease_holder_moves_the_lease(shared_cluster, component):
     masters = [m.name for m in shared_cluster.spec.masters]
     holder = lease_holder(shared_cluster, component)

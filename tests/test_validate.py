@@ -49,11 +49,14 @@ ACCEPTED = {
     "1 worker": {"workers": 1},
     "10 workers": {"workers": 10},
     "other CIDRs": {"machineCidr": "192.168.50.0/24", "podCidr": "172.20.0.0/16", "serviceCidr": "172.30.0.0/16"},
+    # No registry mirror: the machines pull from the upstream registries.
+    "aws, upstream images": {"backend": "aws", "podNetwork": "vxlan", "operatorCidr": "198.51.100.7/32"},
 }
 
 # For these, every role's argument_specs must accept the inventory too: site.yml with `--tags always` runs only
 # the argument validation each role starts with (on the controller), nothing else.
-EVERY_ROLE = ["default HA (3 masters, 1 LB, 2 workers)", "vxlan, no LB", "2 LBs with a VIP", "external etcd 3"]
+EVERY_ROLE = ["default HA (3 masters, 1 LB, 2 workers)", "vxlan, no LB", "2 LBs with a VIP", "external etcd 3",
+              "aws, upstream images"]
 
 
 def _pop_etcd_member(inv):
@@ -145,7 +148,8 @@ def _prepare(mp: pytest.MonkeyPatch, root: Path, label: str, config: dict, mutat
     if mutate:
         mutate(inventory)
     (workdir / "inventory.yml").write_text(yaml.safe_dump(inventory, sort_keys=False))
-    (workdir / "extravars.json").write_text(json.dumps(playbook.extravars(cluster, REGISTRY_MIRROR)))
+    mirror = "" if cluster.backend == "aws" else REGISTRY_MIRROR  # as infra.program passes it
+    (workdir / "extravars.json").write_text(json.dumps(playbook.extravars(cluster, mirror)))
     return workdir
 
 

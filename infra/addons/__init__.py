@@ -4,9 +4,11 @@
 - Traefik: the default IngressClass `traefik`, HTTP on 80 and HTTPS on 443 (certificates from the
   Ingresses' TLS Secrets) behind a LoadBalancer Service, its address published on Ingress status.
 - local-path-provisioner: the default StorageClass `local-path` (volumes in a directory on the node).
+- metrics-server: the Metrics API (`kubectl top nodes|pods`), through the API server's aggregation layer.
 
 Every image is built from the pinned lock.yaml binaries (its `images:` families) and served by the local
-registry under its upstream name. The component only finishes once each controller is available and
+registry under its upstream name. The component only finishes once each controller is available (for
+metrics-server: ready, which it reports only once it holds a scrape of the kubelets) and
 MetalLB's webhooks admit objects, so workloads applied after it never race a fail-closed webhook.
 
     python -m infra.addons --refresh-metallb   rewrite manifests/metallb*.yaml from the pinned module
@@ -20,7 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -79,10 +81,46 @@ def check_address_range(value: str, machine_cidr: str | None = None,
     return f"{first}-{last}"
 
 
-def load(name: str) -> list[dict]:
-    """The documents of manifests/<name>.yaml."""
+def load(name: str, pinned: dict[str, str] | None = None) -> list[dict]:
+    """The documents of manifests/<name>.yaml, with every image pinned by digest if `pinned` is given."""
     path = ADDONS_DIR / f"{name}.yaml"
-    return [d for d in yaml.safe_load_all(path.read_text()) if d]
+    docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
+    return pin_images(docs, pinned, path.name) if pinned else docs
+
+
+def pin_images(docs: list[dict], pinned: dict[str, str], source: str) -> list[dict]:
+    """`docs` with each container image replaced by pinned[image] (name@sha256:...), wherever a pod spec
+    sits: in a workload's template, or as YAML text in a ConfigMap (local-path's helper pod). An image the
+    local registry does not hold is refused: through the mirror it could never be pulled."""
+    def walk(node: Any) -> Any:
+        if isinstance(node, list):
+            return [walk(item) for item in node]
+        if not isinstance(node, dict):
+            return node
+        out = {key: walk(value) for key, value in node.items()}
+        for key in ("containers", "initContainers"):
+            containers = out.get(key)
+            # A list of containers, not a CRD schema's `containers` property.
+            for container in containers if isinstance(containers, list) else []:
+                image = container.get("image") if isinstance(container, dict) else None
+                if image is None:
+                    continue
+                if image not in pinned:
+                    raise AddonsError(f"{source}: image {image!r} is not built by lock.yaml `images:`, so the "
+                                      "local registry cannot serve it; add its ref to the family that builds it")
+                container["image"] = pinned[image]
+        return out
+
+    def pin_doc(doc: dict) -> dict:
+        doc = walk(doc)
+        if doc.get("kind") == "ConfigMap":
+            for key, text in (doc.get("data") or {}).items():
+                embedded = yaml.safe_load(text) if key.endswith(".yaml") else None
+                if isinstance(embedded, dict) and embedded.get("kind") == "Pod":
+                    doc["data"][key] = yaml.safe_dump(walk(embedded), sort_keys=False)
+        return doc
+
+    return [pin_doc(doc) for doc in docs]
 
 
 def pool_objects(address_range: str) -> list[dict]:
@@ -193,10 +231,13 @@ class AddonsArgs:
                                # "10.78.0.200-10.78.0.220" (or a CIDR)
     machine_cidr: str | None = None       # when given, the range must lie inside it
     used_addresses: tuple[str, ...] = ()     # machine/bridge addresses the range must not include
+    # image ref -> the same image by digest, for images served by the local registry; empty keeps the tags
+    # (pulled from upstream, whose digests are not those of the local builds)
+    pinned_images: dict[str, str] = field(default_factory=dict)
 
 
 class Addons(pulumi.ComponentResource):
-    """MetalLB + Traefik + local-path-provisioner; finished only when all three serve."""
+    """MetalLB + Traefik + local-path-provisioner + metrics-server; finished only when all four serve."""
 
     ingress_class: str
     storage_class: str
@@ -207,6 +248,7 @@ class Addons(pulumi.ComponentResource):
         super().__init__("pilothouse:addons:Addons", name, None, opts)
         address_range = check_address_range(args.lb_address_range, args.machine_cidr, args.used_addresses)
         kubeconfig = Output.secret(args.kubeconfig)
+        pins = args.pinned_images
         self.provider = k8s.Provider(f"{name}-provider", kubeconfig=kubeconfig,
                                      opts=ResourceOptions(parent=self))
 
@@ -215,17 +257,18 @@ class Addons(pulumi.ComponentResource):
 
         # Each group is applied with pulumi-kubernetes' await logic on: Deployments and DaemonSets count as
         # created only when their pods are available, a LoadBalancer Service only once it has an address.
-        crds = k8s.yaml.v2.ConfigGroup(f"{name}-metallb-crds", objs=load("metallb-crds"), opts=child())
+        crds = k8s.yaml.v2.ConfigGroup(f"{name}-metallb-crds", objs=load("metallb-crds", pins), opts=child())
         # The speaker runs in the node's network and reaches the API through the `kubernetes` ClusterIP: the
         # cni role routes the Service CIDR on every node for it.
-        metallb = k8s.yaml.v2.ConfigGroup(f"{name}-metallb", objs=load("metallb"), opts=child(crds))
+        metallb = k8s.yaml.v2.ConfigGroup(f"{name}-metallb", objs=load("metallb", pins), opts=child(crds))
         pool_objs = pool_objects(address_range)
         admitted = WebhooksAdmit(f"{name}-metallb-webhooks", kubeconfig, pool_objs,
                                  opts=ResourceOptions(parent=self, depends_on=[metallb]))
         pool = k8s.yaml.v2.ConfigGroup(f"{name}-metallb-pool", objs=pool_objs, opts=child(admitted))
-        k8s.yaml.v2.ConfigGroup(f"{name}-local-path", objs=load("local-path"), opts=child())
+        k8s.yaml.v2.ConfigGroup(f"{name}-local-path", objs=load("local-path", pins), opts=child())
+        k8s.yaml.v2.ConfigGroup(f"{name}-metrics-server", objs=load("metrics-server", pins), opts=child())
         # Traefik's Service waits for its MetalLB address, so the pool comes first.
-        traefik = k8s.yaml.v2.ConfigGroup(f"{name}-traefik", objs=load("traefik"), opts=child(pool))
+        traefik = k8s.yaml.v2.ConfigGroup(f"{name}-traefik", objs=load("traefik", pins), opts=child(pool))
 
         self.ingress_class = INGRESS_CLASS
         self.storage_class = STORAGE_CLASS

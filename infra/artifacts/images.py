@@ -16,7 +16,6 @@ import inspect
 import json
 import os
 import shutil
-import subprocess
 import tarfile
 import tempfile
 import time
@@ -28,7 +27,8 @@ import yaml
 
 from infra import debian
 
-from . import MissingArtifact, ensure_go, lookup_go
+from . import MissingArtifact, debpkg, ensure_go, lookup_go
+from .debpkg import add_shared_libs, prune, run, unpack_debs, unpack_source
 from .store import ArtifactError, cache_root, recipe_key, sha256_file
 
 SPEC = Path(__file__).with_name("lock.yaml")  # its `images:` section
@@ -40,23 +40,13 @@ PATH_ENV = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 # Host tools -> the Debian package that provides them.
 HOST_PACKAGES = {"umoci": "umoci", "skopeo": "skopeo", "runc": "runc",
-                 "docker-registry": "docker-registry", "gcc": "gcc", "dpkg-deb": "dpkg"}
-# Paths from Debian packages that an image never needs.
-PRUNE = ("usr/share/doc", "usr/share/man", "usr/share/info", "usr/share/lintian", "usr/share/bug",
-         "usr/share/vim", "usr/share/apport", "etc/init.d", "etc/logrotate.d", "etc/default", "etc/ufw",
-         "lib/systemd", "usr/lib/systemd", "etc/cron.daily")
+                 "docker-registry": "docker-registry", "gcc": "gcc", "dpkg-deb": "dpkg",
+                 "dpkg-source": "dpkg-dev", "make": "make"}
 
 
 def ensure_host_packages(*tools: str) -> None:
     """Install the Debian packages behind `tools` (apt-get, only when one is missing)."""
     debian.ensure([HOST_PACKAGES[t] for t in tools], ArtifactError)
-
-
-def run(cmd: list[str], what: str, **kwargs) -> str:
-    proc = subprocess.run(cmd, capture_output=True, text=True, **kwargs)
-    if proc.returncode != 0:
-        raise ArtifactError(f"{what} failed ({' '.join(cmd[:4])} ...):\n{(proc.stderr or proc.stdout).strip()[-1500:]}")
-    return proc.stdout
 
 
 def load_spec(path: Path = SPEC) -> dict:
@@ -71,100 +61,6 @@ def load_spec(path: Path = SPEC) -> dict:
             if pkg not in spec["debian"]:
                 raise ArtifactError(f"{path}: image family {name} uses Debian package {pkg} without a pin under `images.debian:`")
     return spec
-
-
-# ---- Debian packages -------------------------------------------------------------------------------
-
-def fetch_deb(package: str, version: str) -> Path:
-    """The pinned .deb, downloaded once into the cache with `apt-get download`."""
-    cache = cache_root() / "images" / "debs"
-    cache.mkdir(parents=True, exist_ok=True)
-    name = f"{package}_{version.replace(':', '%3a')}_"
-    found = [p for p in cache.glob(name + "*.deb")]
-    if found:
-        return found[0]
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=cache))
-    try:
-        proc = subprocess.run(["apt-get", "download", "-q", f"{package}={version}"], cwd=tmp,
-                              capture_output=True, text=True)
-        debs = list(tmp.glob("*.deb"))
-        if proc.returncode != 0 or len(debs) != 1:
-            raise ArtifactError(
-                f"cannot download Debian package {package}={version}: {proc.stderr.strip()[-400:]}\n"
-                f"Run `apt-get update`; if Debian no longer serves this version, `apt-cache policy {package}` "
-                f"shows the current one: pin it under `images.debian:` in {SPEC}.")
-        os.rename(debs[0], cache / debs[0].name)
-        return cache / debs[0].name
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def unpack_debs(packages: list[str], pins: dict, into: Path) -> None:
-    into.mkdir(parents=True, exist_ok=True)
-    for package in packages:
-        run(["dpkg-deb", "-x", str(fetch_deb(package, pins[package])), str(into)], f"unpacking {package}")
-
-
-def prune(root: Path) -> None:
-    for rel in PRUNE:
-        target = root / rel
-        if target.is_symlink() or target.is_file():
-            target.unlink()
-        elif target.exists():
-            shutil.rmtree(target)
-
-
-def _is_elf(path: Path) -> bool:
-    if path.is_symlink() or not path.is_file():
-        return False
-    with open(path, "rb") as f:
-        return f.read(4) == b"\x7fELF"
-
-
-def add_shared_libs(layer: Path, sysroot: Path) -> None:
-    """Copy from `sysroot` (unpacked library packages) exactly the shared libraries `layer`'s ELF files load.
-
-    The sysroot's own loader resolves them, so nothing comes from the host; a library it has to take
-    from the host means a package is missing from the family's `libdebs`.
-    """
-    loader = sysroot / "lib64" / "ld-linux-x86-64.so.2"
-    if not loader.exists():
-        raise ArtifactError("dynamically linked files need `libc6` in the family's libdebs (lock.yaml `images:`)")
-    search = ":".join(str(sysroot / d) for d in ("lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu"))
-    needed: set[Path] = {Path("lib64/ld-linux-x86-64.so.2")}
-    for path in sorted(p for p in layer.rglob("*") if _is_elf(p)):
-        proc = subprocess.run([str(loader), "--library-path", search, "--list", str(path)],
-                              capture_output=True, text=True)
-        if proc.returncode != 0:
-            continue  # statically linked: nothing to copy
-        for line in proc.stdout.splitlines():
-            if "=>" not in line:
-                continue
-            target = line.split("=>")[1].split("(")[0].strip()
-            if target == "not found" or not target.startswith(str(sysroot)):
-                lib = line.split("=>")[0].strip()
-                raise ArtifactError(f"{path.relative_to(layer)} needs {lib}, which no package in the family's "
-                                    "libdebs provides; add its Debian package there (lock.yaml `images:`)")
-            needed.add(Path(target).relative_to(sysroot))
-    for rel in sorted(needed):
-        _copy_with_links(sysroot, rel, layer)
-
-
-def _copy_with_links(src_root: Path, rel: Path, dst_root: Path) -> None:
-    """Copy src_root/rel to dst_root/rel, following a chain of symlinks and copying each link too."""
-    while True:
-        src, dst = src_root / rel, dst_root / rel
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        if dst.exists() or dst.is_symlink():
-            return
-        if src.is_symlink():
-            link = os.readlink(src)
-            os.symlink(link, dst)
-            rel = Path(link).relative_to("/") if link.startswith("/") else (rel.parent / link)
-            rel = Path(os.path.normpath(rel))
-            continue
-        shutil.copy2(src, dst)
-        return
 
 
 # ---- recipes: each fills `layer` (the family's new layer) --------------------------------------------
@@ -197,11 +93,37 @@ def recipe_pause(ctx: Context, layer: Path) -> None:
     run(["strip", str(layer / "pause")], "stripping pause")
 
 
+def compile_busybox(source: dict, work: Path, log) -> Path:
+    """busybox built from the pinned Debian source package, with Debian's configuration for busybox-static
+    plus the options in `source.enable`; the path of the static binary."""
+    ensure_host_packages("dpkg-source", "make", "gcc")
+    tree = unpack_source(source["package"], source["version"], work)
+    config = tree / ".config"
+    config.write_text((tree / "debian" / "config" / "os" / "linux").read_text()
+                      + (tree / "debian" / "config" / "pkg" / source["config"]).read_text())
+    text = config.read_text()
+    for option in source.get("enable", []):
+        unset = f"# CONFIG_{option} is not set"
+        if unset not in text:
+            raise ArtifactError(f"busybox {source['version']}: Debian's {source['config']} configuration has no "
+                                f"`{unset}` line; remove {option} from the busybox family's `source.enable`")
+        text = text.replace(unset, f"CONFIG_{option}=y")
+    config.write_text(text)
+    # Fixed build stamps, so the binary does not change with the day it was built.
+    env = dict(os.environ, KCONFIG_NOTIMESTAMP="1", SOURCE_DATE_EPOCH="0")
+    run(["make", "oldconfig"], "configuring busybox", cwd=tree, env=env, input="\n" * 200)
+    started = time.monotonic()
+    extra = f"Debian {source['version']} +{'+'.join(source.get('enable', []))}"
+    run(["make", f"-j{os.cpu_count() or 1}", "busybox", f"BB_EXTRA_VERSION={extra}"],
+        "compiling busybox", cwd=tree, env=env)
+    log(f"  busybox: compiled in {time.monotonic() - started:.0f}s")
+    return tree / "busybox"
+
+
 def recipe_busybox(ctx: Context, layer: Path) -> None:
-    unpack_debs(ctx.family["debs"], ctx.spec["debian"], ctx.work / "deb")
     busybox = layer / "bin" / "busybox"
     busybox.parent.mkdir(parents=True)
-    shutil.copy2(ctx.work / "deb" / "bin" / "busybox", busybox)
+    shutil.copy2(compile_busybox(ctx.family["source"], ctx.work, ctx.log), busybox)
     for applet in run([str(busybox), "--list-full"], "listing busybox applets").split():
         link = layer / applet
         if not link.exists():
@@ -227,6 +149,11 @@ def _debs_and_libs(ctx: Context, layer: Path) -> None:
         sysroot = ctx.work / "sysroot"
         unpack_debs(ctx.family["libdebs"], ctx.spec["debian"], sysroot)
         add_shared_libs(layer, sysroot)
+
+
+def recipe_debs(ctx: Context, layer: Path) -> None:
+    """Debian's own programs, as packaged, with the shared libraries they load."""
+    _debs_and_libs(ctx, layer)
 
 
 def recipe_fortune(ctx: Context, layer: Path) -> None:
@@ -321,12 +248,25 @@ def go_build_standin(out: Path) -> None:
         "compiling the Go stand-in", cwd=STANDIN_SRC, env=env)
 
 
+def ca_bundle(layer: Path) -> None:
+    """/etc/ssl/certs/ca-certificates.crt from the unpacked ca-certificates package: every certificate it
+    ships, which is what its update-ca-certificates (not run by an unpack) writes by default."""
+    certs = sorted((layer / "usr" / "share" / "ca-certificates").rglob("*.crt"))
+    if not certs:
+        raise ArtifactError("no certificates under usr/share/ca-certificates: add ca-certificates to the family's debs")
+    bundle = layer / "etc" / "ssl" / "certs" / "ca-certificates.crt"
+    bundle.parent.mkdir(parents=True, exist_ok=True)
+    bundle.write_text("".join(c.read_text() for c in certs))
+
+
 def recipe_standin(ctx: Context, layer: Path) -> None:
+    _debs_and_libs(ctx, layer)  # Debian's curl and the libraries it loads, as the images the notes curl from hold
+    ca_bundle(layer)
     go_build_standin(layer / "standin")
-    (layer / "usr" / "bin").mkdir(parents=True)
-    shutil.copy2(STANDIN_SRC / "curl", layer / "usr" / "bin" / "curl")
-    (layer / "bin").mkdir()
-    os.symlink("/bin/busybox", layer / "bin" / "bash")  # the notes `exec ... bash`; ash answers
+    (layer / "bin").mkdir(exist_ok=True)
+    # The notes `exec ... bash`; ash answers. A script, not a link: busybox has no applet called bash.
+    (layer / "bin" / "bash").write_text('#!/bin/sh\nexec /bin/sh "$@"\n')
+    os.chmod(layer / "bin" / "bash", 0o755)
     (layer / "var" / "data").mkdir(parents=True)
 
 
@@ -340,9 +280,9 @@ def recipe_artifact(ctx: Context, layer: Path) -> None:
     shutil.copy2(ctx.artifact, layer / ctx.artifact.name)
 
 
-RECIPES = {"pause": recipe_pause, "busybox": recipe_busybox, "fortune": recipe_fortune, "nginx": recipe_nginx,
-           "perl": recipe_perl, "standin": recipe_standin, "kubectl-proxy": recipe_kubectl_proxy,
-           "artifact": recipe_artifact}
+RECIPES = {"pause": recipe_pause, "busybox": recipe_busybox, "debs": recipe_debs, "fortune": recipe_fortune,
+           "nginx": recipe_nginx, "perl": recipe_perl, "standin": recipe_standin,
+           "kubectl-proxy": recipe_kubectl_proxy, "artifact": recipe_artifact}
 
 
 # ---- building and caching ----------------------------------------------------------------------------
@@ -370,6 +310,7 @@ class ImageFamily:
 
 def _source_digest() -> str:
     h = hashlib.sha256(inspect.getsource(inspect.getmodule(_source_digest)).encode())
+    h.update(inspect.getsource(debpkg).encode())
     for path in sorted(STANDIN_SRC.iterdir()):
         h.update(path.name.encode() + path.read_bytes())
     return h.hexdigest()

@@ -6,12 +6,18 @@ mirror of docker.io, registry.k8s.io, gcr.io, quay.io and ghcr.io (the container
 `containerd_mirrored_registries`), so manifests keep their upstream names:
 docker.io/library/nginx:latest is repository `library/nginx` here, registry.k8s.io/pause:3.10.1 is `pause`.
 
+The daemon on a cluster's bridge is read-only (distribution's `maintenance: readonly`): machines and pods
+can pull but every write (upload, manifest put, delete) gets 405. Images are pushed by `publish` through a
+second, writable daemon on the same storage that listens on 127.0.0.1 only, at a port the kernel picks (so
+clusters on one host never collide), and exists only while the push runs.
+
 Layout of a registry home (default ~/.cache/pilothouse/registry/):
     data/                     blobs and manifests
     run/<addr>.pid|.yml|.log  one daemon per listen address
 """
 from __future__ import annotations
 
+import contextlib
 import http.client
 import os
 import secrets
@@ -24,6 +30,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import yaml
 
@@ -100,27 +107,35 @@ def _port_free(addr: str) -> bool:
     return True
 
 
-def _write_config(home: Path, addr: str) -> Path:
-    run_dir = _run_dir(home)
-    secret_file = run_dir / "http-secret"
+def config(home: Path, addr: str, secret: str, readonly: bool) -> dict:
+    """docker-registry's configuration for one daemon on the storage under `home`."""
+    storage = {"filesystem": {"rootdirectory": str(home / "data")}, "delete": {"enabled": True}}
+    if readonly:
+        # Refuses every write with 405 Method Not Allowed; reads are unchanged. It also stops this daemon
+        # from purging upload directories, which belong to the writable daemon's pushes.
+        storage["maintenance"] = {"readonly": {"enabled": True}}
+    return {
+        "version": 0.1,
+        "log": {"level": "warn", "accesslog": {"disabled": True}},
+        # No blob descriptor cache: several daemons share the storage and must not serve stale answers.
+        "storage": storage,
+        "http": {"addr": addr, "secret": secret},
+    }
+
+
+def _config_text(home: Path, addr: str, readonly: bool) -> str:
+    secret_file = _run_dir(home) / "http-secret"
     if not secret_file.exists():
         # Shared by every daemon on this storage so an upload begun on one address can finish on another.
         secret_file.write_text(secrets.token_hex(16))
         secret_file.chmod(0o600)
-    config = {
-        "version": 0.1,
-        "log": {"level": "warn", "accesslog": {"disabled": True}},
-        # No blob descriptor cache: several daemons share the storage and must not serve stale answers.
-        "storage": {"filesystem": {"rootdirectory": str(home / "data")}, "delete": {"enabled": True}},
-        "http": {"addr": addr, "secret": secret_file.read_text().strip()},
-    }
-    path = run_dir / f"{_slug(addr)}.yml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    return path
+    return yaml.safe_dump(config(home, addr, secret_file.read_text().strip(), readonly), sort_keys=False)
 
 
-def start(listen: list[str], storage_dir: Path | None = None, timeout: float = 15.0) -> RegistryHandle:
-    """Serve the registry on each `host:port` in `listen` (plain HTTP); reuse daemons already running there."""
+def start(listen: list[str], storage_dir: Path | None = None, timeout: float = 15.0,
+          readonly: bool = False) -> RegistryHandle:
+    """Serve the registry on each `host:port` in `listen` (plain HTTP), refusing writes if `readonly`; reuse
+    daemons already running there with the same configuration, restart those running with another."""
     if not listen:
         raise ArtifactError("registry.start needs at least one host:port to listen on, e.g. 127.0.0.1:5000")
     ensure_host_packages("docker-registry")
@@ -131,19 +146,22 @@ def start(listen: list[str], storage_dir: Path | None = None, timeout: float = 1
     handle = RegistryHandle(home, list(listen))
     for addr in listen:
         pidfile = run_dir / f"{_slug(addr)}.pid"
+        config_file = run_dir / f"{_slug(addr)}.yml"
+        wanted = _config_text(home, addr, readonly)
         pid = _alive_registry(pidfile)
-        if pid and answers(addr):
+        same = config_file.exists() and config_file.read_text() == wanted
+        if pid and same and answers(addr):
             handle.pids[addr] = pid
             continue
-        if pid:  # running but not answering: start afresh
+        if pid:  # not answering, or serving another configuration (a writable one from before): start afresh
             _stop_one(home, addr)
         if not _port_free(addr):
             handle.stop()
             raise ArtifactError(f"cannot listen on {addr}: the address is in use or not on this host. "
                                 "Pick a free port, or stop what holds it (`ss -ltnp`).")
-        config = _write_config(home, addr)
+        config_file.write_text(wanted)
         log = open(run_dir / f"{_slug(addr)}.log", "ab")
-        proc = subprocess.Popen([shutil.which("docker-registry"), "serve", str(config)], stdout=log,
+        proc = subprocess.Popen([shutil.which("docker-registry"), "serve", str(config_file)], stdout=log,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
         log.close()
         pidfile.write_text(str(proc.pid))
@@ -194,6 +212,46 @@ def stop(storage_dir: Path | None = None, listen: str | None = None) -> None:
         _stop_one(home, addr)
 
 
+def _loopback_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def writable(storage_dir: Path | None = None, attempts: int = 3) -> Iterator[RegistryHandle]:
+    """A writable daemon on the storage for the time of a push, on 127.0.0.1 (no machine or pod reaches the
+    host's loopback) at a port the kernel picks, so several clusters' pushes never share or fight over one."""
+    home = Path(storage_dir) if storage_dir else default_home()
+    for attempt in range(attempts):
+        addr = f"127.0.0.1:{_loopback_port()}"
+        try:
+            handle = start([addr], home)
+            break
+        except ArtifactError:  # another process took the port between the probe and the bind
+            _forget(home, addr)
+            if attempt == attempts - 1:
+                raise
+    try:
+        yield handle
+    finally:
+        handle.stop()
+        _forget(home, addr)
+
+
+def _forget(home: Path, addr: str) -> None:
+    """Remove a stopped temporary daemon's files (its port is not reused)."""
+    for suffix in (".yml", ".log"):
+        (_run_dir(home) / f"{_slug(addr)}{suffix}").unlink(missing_ok=True)
+
+
+def publish(storage_dir: Path | None = None, families: list[ImageFamily] | None = None,
+            log=print) -> dict[str, int]:
+    """Push the images into the storage through a temporary writable daemon on loopback (`writable`)."""
+    with writable(storage_dir) as handle:
+        return push_all(handle.endpoint, families, log=log)
+
+
 def remote_digest(endpoint: str, repo: str, tag: str) -> str | None:
     """The manifest digest the registry holds for repo:tag, or None."""
     host, port = endpoint.rsplit(":", 1)
@@ -207,6 +265,13 @@ def remote_digest(endpoint: str, repo: str, tag: str) -> str | None:
         raise ArtifactError(f"registry at {endpoint} does not answer ({e}): start it with registry.start") from e
     finally:
         conn.close()
+
+
+def pinned_refs(families: list[ImageFamily]) -> dict[str, str]:
+    """Each ref of the built images -> the same image by its manifest digest (name@sha256:...): pulled that
+    way, what runs is what was built, whatever a tag in the registry has been moved to."""
+    return {ref: f"{mirror_path(ref)[0]}/{mirror_path(ref)[1]}@{tag.digest}"
+            for family in families for tag in family.tags for ref in tag.refs}
 
 
 def push_all(endpoint: str, families: list[ImageFamily] | None = None, log=print) -> dict[str, int]:

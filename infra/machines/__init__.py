@@ -1,6 +1,23 @@
-"""Machines the cluster runs on. `local` boots Debian machines with systemd-nspawn on this host.
+"""Machines the cluster runs on, one backend per kind, all behind one interface.
 
-Plain Python API, in infra.machines.local (used by the Pulumi provider in `provider.py`, tasks and tests):
+Every backend is a Pulumi ComponentResource built from the cluster spec, with the same outputs:
+
+    machines          Output[list[dict]], one per spec machine, in spec order: name, roles, address (the node's
+                      IP on the machine network, what the roles use), ssh_address (where SSH connects; the same
+                      unless a cloud machine is reached on a public IP), ssh_user, ssh_key_file (a private key file
+                      on this host, or "" for ssh_private_key), jump_host ("" or [user@]host[:port]) and
+                      ssh_host_key (the machine's pinned SSH host key, "ssh-ed25519 AAAA...", or "" when it is
+                      not known beforehand and is recorded on first use; see infra/known_hosts.py)
+    ssh_private_key   Output[str], secret: the key generated for the machines ("" when each has a key file)
+    images_from_host  bool: True when the machines pull images through the registry mirror this host runs on
+                      its machine-network address (.1); False when they pull from the upstream registries
+
+Backends: `local` (provider.LocalMachines: systemd-nspawn machines on this host), `existing`
+(existing.ExistingHosts: hosts the user lists, checked, claimed and reset, never created or deleted), `aws`
+(aws.AwsMachines, tested with Pulumi mocks only) and `libvirt` (libvirt.LibvirtMachines, mock-tested, not wired
+into `pulumi up`).
+
+The local machines' plain Python API is infra.machines.local (used by the provider, tasks and tests):
 
     ensure_base_rootfs() -> Path
     create(MachineSpec(name, address, cidr_prefix, bridge, ssh_public_key), ssh_private_key) -> MachineState

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_aws as aws
 
-from infra.spec import API_PORT, ClusterSpec, SpecError
+from infra.spec_model import API_PORT, ClusterSpec, SpecError
 
 # Debian's own AMIs (the account Debian publishes its cloud images from); the default user is "admin".
 DEBIAN_AMI_OWNER = "136693071363"
@@ -120,7 +120,11 @@ class AwsMachinesArgs:
 
 
 class AwsMachines(pulumi.ComponentResource):
+    """The machines interface (infra/machines/__init__.py) on EC2: Ansible reaches each instance on its public
+    IP; the instances pull images from the upstream registries through the internet gateway."""
+
     machines: pulumi.Output[list]
+    images_from_host = False
     ssh_user: pulumi.Output[str]
     ssh_private_key: pulumi.Output[str]
     api_public_address: pulumi.Output[str]
@@ -226,6 +230,10 @@ class AwsMachines(pulumi.ComponentResource):
                         "roles": list(m.roles),
                         "address": ips[0],
                         "ssh_address": ips[1],
+                        "ssh_user": SSH_USER,
+                        "ssh_key_file": "",
+                        "jump_host": "",
+                        "ssh_host_key": "",  # made by the instance at first boot: recorded on first use
                     }
                 )
                 for m in spec.machines

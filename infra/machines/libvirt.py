@@ -18,7 +18,7 @@ import pulumi
 import pulumi_libvirt as libvirt
 import yaml
 
-from infra.spec import ClusterSpec, Machine, SpecError
+from infra.spec_model import ClusterSpec, Machine, SpecError
 
 SSH_USER = "debian"
 # Memory (MiB) and vCPUs by the most demanding role a machine has.
@@ -80,6 +80,7 @@ class LibvirtMachinesArgs:
 
 class LibvirtMachines(pulumi.ComponentResource):
     machines: pulumi.Output[list]
+    images_from_host = True  # the host is .1 of the NAT network, where the registry mirror listens
     ssh_user: pulumi.Output[str]
     ssh_private_key: pulumi.Output[str]
 
@@ -157,7 +158,8 @@ class LibvirtMachines(pulumi.ComponentResource):
 
         self.machines = pulumi.Output.all(*[d.id for d in domains]).apply(
             lambda _: [
-                {"name": m.name, "roles": list(m.roles), "address": m.address, "ssh_address": m.address}
+                {"name": m.name, "roles": list(m.roles), "address": m.address, "ssh_address": m.address,
+                 "ssh_user": SSH_USER, "ssh_key_file": "", "jump_host": "", "ssh_host_key": ""}
                 for m in spec.machines
             ]
         )

@@ -65,11 +65,17 @@ def bridge_name(cluster_name: str) -> str:
     return f"ph-{cluster_name[:5]}_{hashlib.sha256(cluster_name.encode()).hexdigest()[:6]}"
 
 
-# Flags proven on this kind of host: cgroup v1, no machined, all capabilities
-# (kubelet and containerd need them), the keyring syscalls runc uses, and /dev/kmsg for kubelet.
+# Out of every machine's bounding set, so neither its root nor a privileged pod holds them (modules, raw I/O,
+# reboot, the clock, accounting, suspend): no cluster component uses them (the live tests run without them).
+DROPPED_CAPABILITIES = ("CAP_SYS_MODULE", "CAP_SYS_RAWIO", "CAP_SYS_BOOT", "CAP_SYS_TIME", "CAP_SYS_PACCT",
+                        "CAP_WAKE_ALARM", "CAP_BLOCK_SUSPEND")
+
+# Flags proven on this kind of host: cgroup v1, no machined, every other capability (kubelet and containerd
+# need most of them; nspawn's default set lacks some), the keyring syscalls runc uses, and /dev/kmsg for kubelet.
 NSPAWN_FLAGS = (
     "--boot", "--register=no", "--keep-unit", "--console=passive", "--resolv-conf=off",
-    "--link-journal=no", "--timezone=off", "--capability=all", "--system-call-filter=add_key keyctl",
+    "--link-journal=no", "--timezone=off", "--capability=all",
+    f"--drop-capability={','.join(DROPPED_CAPABILITIES)}", "--system-call-filter=add_key keyctl",
     "--bind=/dev/kmsg",
 )
 
@@ -261,8 +267,6 @@ def _prepare(spec: MachineSpec, base: Path) -> None:
     for sub in ("upper", "work", "rootfs", "containerd"):
         (d / sub).mkdir(parents=True, exist_ok=True)
     host_key = keys.generate_ed25519(comment=f"root@{spec.name}")
-    (d / "spec.json").write_text(json.dumps(
-        {"spec": asdict(spec), "ssh_host_key": host_key.public_key, "base": str(base)}, indent=2))
     _mount_overlay(spec.name, base)
     root = d / "rootfs"
     _write(root / "etc/hostname", f"{spec.name}\n")
@@ -277,6 +281,12 @@ def _prepare(spec: MachineSpec, base: Path) -> None:
     (root / "root/.ssh").chmod(0o700)
     _write(root / "etc/ssh/ssh_host_ed25519_key", host_key.private_key, 0o600)
     _write(root / "etc/ssh/ssh_host_ed25519_key.pub", host_key.public_key + "\n")
+    # Written last: a machine without spec.json is one whose preparation never finished (a run killed in
+    # the middle), which the next create prepares again from the start instead of booting it half-made.
+    spec_file = d / "spec.json.new"
+    spec_file.write_text(json.dumps({"spec": asdict(spec), "ssh_host_key": host_key.public_key, "base": str(base)},
+                                    indent=2))
+    spec_file.rename(d / "spec.json")
 
 
 def _write(path: Path, text: str, mode: int = 0o644) -> None:
@@ -388,10 +398,6 @@ def destroy(name: str) -> None:
     _poweroff(name)
     with _host_lock():
         _stop_leftovers(name)
-        # The veth normally dies with the machine's network namespace, but anything on the host that still
-        # holds that namespace (seen here: a thread of the sandbox's init) keeps it, and the bridge, alive.
-        # Deleting our end removes the pair. nspawn names it vb-<name> (an altname when the name is long).
-        subprocess.run(["ip", "link", "del", "dev", f"vb-{name}"], capture_output=True)
         d = machine_dir(name)
         _remove_nspawn_lock(d / "rootfs")
         for mount in _mounts_under(d):
@@ -406,6 +412,16 @@ def destroy(name: str) -> None:
                 host.remove_bridge_if_unused(bridge)
 
 
+def pull_plug(name: str) -> None:
+    """A power loss: SIGKILL every process of a running machine at once, so nothing in it shuts down cleanly
+    and its address stops answering. Its disk stays; `create` boots it again (what `pulumi up --refresh` does
+    once refresh has seen it stopped)."""
+    host.require_root()
+    if _nspawn_pid(name) is None:
+        raise MachineError(f"machine {name} is not running")
+    host.kill_machine_processes(name)
+
+
 def _poweroff(name: str) -> None:
     """Ask systemd in the machine to shut down cleanly (nspawn turns SIGTERM into a poweroff)."""
     pid = _nspawn_pid(name)
@@ -418,9 +434,15 @@ def _poweroff(name: str) -> None:
 
 
 def _stop_leftovers(name: str) -> None:
-    """Kill whatever still runs in the machine's cgroups (after a crash or a slow shutdown) and drop them."""
+    """Kill whatever still runs in the machine's cgroups (after a crash or a slow shutdown) and drop them,
+    with the host end of its veth."""
     host.kill_machine_processes(name)
     host.remove_machine_cgroups(name)
+    # The veth normally dies with the machine's network namespace, but anything on the host that still
+    # holds that namespace (seen here: a thread of the sandbox's init) keeps it, and the bridge, alive; a
+    # machine booted again after a power loss then fails with "Failed to add new veth interfaces: File
+    # exists". Deleting our end removes the pair. nspawn names it vb-<name> (an altname when it is long).
+    subprocess.run(["ip", "link", "del", "dev", f"vb-{name}"], capture_output=True)
 
 
 def _remove_nspawn_lock(rootfs: Path) -> None:

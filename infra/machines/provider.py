@@ -16,7 +16,7 @@ from pulumi.dynamic import (CheckFailure, CheckResult, CreateResult, DiffResult,
 
 from infra.machines import keys, local
 from infra.machines.errors import MachineSpecError
-from infra.spec import ClusterSpec
+from infra.spec_model import ClusterSpec
 
 # Any change to these means a different machine: it is destroyed, then created anew.
 REPLACE_ON = ("name", "address", "cidr", "bridge", "ssh_public_key")
@@ -149,19 +149,24 @@ class LocalMachines(pulumi.ComponentResource):
     """Every machine of the spec as a systemd-nspawn machine on this host, on the cluster's own bridge,
     sharing one SSH key."""
 
-    machines: list[LocalMachine]
+    machines: pulumi.Output[list]
     ssh_private_key: pulumi.Output[str]
+    images_from_host = True
 
     def __init__(self, name: str, spec: ClusterSpec, opts: pulumi.ResourceOptions | None = None):
         super().__init__("pilothouse:machines:LocalMachines", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
         key = SshKey(f"{name}-ssh", comment=f"pilothouse-{spec.name}", opts=child)
-        self.machines = [
+        booted = [
             LocalMachine(f"{name}-{m.name}", LocalMachineArgs(
                 name=m.name, address=m.address, cidr=str(spec.machine_cidr), bridge=local.bridge_name(spec.name),
                 ssh_public_key=key.public_key, ssh_private_key=key.private_key), opts=child)
             for m in spec.machines
         ]
+        # Known once every machine answers SSH, so whatever reads them waits for the machines.
+        self.machines = pulumi.Output.all(*[b.ssh_host_key for b in booted]).apply(lambda host_keys: [
+            {"name": m.name, "roles": list(m.roles), "address": m.address, "ssh_address": m.address,
+             "ssh_user": "root", "ssh_key_file": "", "jump_host": "", "ssh_host_key": host_key}
+            for m, host_key in zip(spec.machines, host_keys)])
         self.ssh_private_key = key.private_key
-        self.register_outputs({"addresses": [m.address for m in self.machines],
-                               "ssh_private_key": self.ssh_private_key})
+        self.register_outputs({"machines": self.machines, "ssh_private_key": self.ssh_private_key})

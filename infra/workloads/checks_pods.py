@@ -134,10 +134,14 @@ def _job_done(c: Probe, name: str, completions: int, timeout: int) -> None:
 @check("W13 job/pi")
 def _w13(c: Probe) -> str:
     _job_done(c, "pi", 1, 300)
-    out = c.logs("default", "job/pi").strip()
-    expect(out.startswith("3.14159"), f"log starts {out[:12]!r}, not 3.14159")
-    expect(len(out) == 2001, f"{len(out)} characters of pi, expected 2001")
-    return "complete; log is 3.14159... (2001 characters)"
+    out = c.logs("default", "job/pi")
+    # bignum's bpi(2000): 2000 significant digits, i.e. "3." and 1999 more, one line (-l adds the newline).
+    expect(out.endswith("\n") and out.count("\n") == 1, f"log is not one line: {out[-40:]!r}")
+    pi = out.rstrip("\n")
+    expect(pi.startswith("3.14159265358979323846"), f"log starts {pi[:24]!r}, not 3.14159265358979323846")
+    expect(pi.endswith("4780275901"), f"log ends {pi[-12:]!r}, not ...4780275901")
+    expect(len(pi) == 2001, f"{len(pi)} characters of pi, expected 2001")
+    return "complete; log is 3.14159...4780275901 (2001 characters)"
 
 
 @check("W14 job/multi-completion-batch-job")

@@ -190,15 +190,15 @@ def _w29(c: Probe) -> str:
 
 @check("W30 pod/test-pd-hostpath")
 def _w30(c: Probe) -> str:
-    ready_pod(c, "default", "test-pd-hostpath")
-    c.exec("default", "test-pd-hostpath", "date > /test-pd/verify && test -s /test-pd/verify")
+    ready_pod(c, "host-volumes", "test-pd-hostpath")
+    c.exec("host-volumes", "test-pd-hostpath", "date > /test-pd/verify && test -s /test-pd/verify")
     return "hostPath /data (created on demand) mounted at /test-pd"
 
 
 @check("W31 pod/test-webserver")
 def _w31(c: Probe) -> str:
-    ready_pod(c, "default", "test-webserver")
-    c.exec("default", "test-webserver", "test -d /var/local/aaa && test -f /var/local/aaa/1.txt")
+    ready_pod(c, "host-volumes", "test-webserver")
+    c.exec("host-volumes", "test-webserver", "test -d /var/local/aaa && test -f /var/local/aaa/1.txt")
     return "DirectoryOrCreate and FileOrCreate hostPaths exist"
 
 

@@ -13,7 +13,7 @@ Verifying CHANGES the cluster; run it on a cluster whose samples may be disturbe
 - W58 writes web-0's host name into its page on claim www-web-0 and deletes pod web-0 (web);
 - W61 POSTs a note to kubia-0, which keeps it on its volume, and deletes pod kubia-0 (kubia-sts);
 - F07 removes /var/ready in one kubia-readiness pod, taking it out of the endpoints, then restores it;
-- W29 writes /cache/verify in test-pd's emptyDir; W30 writes /test-pd/verify on the node's hostPath /data.
+- W29 writes /cache/verify in test-pd's emptyDir; W30 writes /test-pd/verify on the node's hostPath /data (host-volumes).
 Everything else only reads, execs read-only commands, requests pages or port-forwards.
 """
 from __future__ import annotations
@@ -45,8 +45,7 @@ class CheckFailed(Exception):
 
 
 BUSYBOX = "busybox:1.36"        # nslookup and wget
-# Each in-cluster request bounded by busybox's timeout applet: its wget -T crashes (exit 139) in this build.
-WGET = "timeout 10 wget -q -O-"
+WGET = "wget -T 10 -q -O-"        # each in-cluster request bounded to 10 s
 HELLO_KUBIA = "You've hit "
 
 

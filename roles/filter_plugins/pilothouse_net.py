@@ -76,7 +76,8 @@ def ip_mac(value):
 def pki_files(items, src_dir, dest_dir):
     """Files for the pilothouse_files module from PKI files on the controller.
 
-    items: names ('ca.crt') or {src, dest} pairs; keys (*.key) get mode 0600, the rest 0644.
+    items: names ('ca.crt') or {src, dest} pairs. Every file gets mode 0600, certificates too (CIS 1.1.20):
+    only root-run services read them.
     """
     out = []
     for item in items:
@@ -87,8 +88,7 @@ def pki_files(items, src_dir, dest_dir):
                 content = fh.read()
         except OSError as exc:
             raise AnsibleFilterError("cannot read %s (%s): run the pki role first" % (path, exc)) from exc
-        out.append({"path": "%s/%s" % (dest_dir, dest), "content": content,
-                    "mode": "0600" if dest.endswith(".key") else "0644"})
+        out.append({"path": "%s/%s" % (dest_dir, dest), "content": content, "mode": "0600"})
     return out
 
 

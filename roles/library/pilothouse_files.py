@@ -14,12 +14,13 @@ description:
     directories are created with I(dir_mode). Content is text, or base64 with I(b64).
 options:
   files:
-    description: "List of {path, content, mode (default 0644), b64 (default false)}."
+    description: "List of {path, content, mode (default 0644), b64 (default false), owner (default: left as is,
+      root for a new file)}. The owner is a user name; the file's group becomes that user's primary group."
     type: list
     elements: dict
     required: true
   directories:
-    description: "List of {path, mode}: directories to create (mode enforced)."
+    description: "List of {path, mode, owner}: directories to create (mode, and owner when given, enforced)."
     type: list
     elements: dict
     default: []
@@ -44,6 +45,7 @@ changed_paths: {description: Files and directories created or changed., type: li
 
 import base64
 import os
+import pwd
 import stat
 
 from ansible.module_utils.basic import AnsibleModule
@@ -53,13 +55,34 @@ def _mode(value, default):
     return int(str(value or default), 8)
 
 
-def ensure_dir(path, mode, changed):
+def _ids(module, owner):
+    """(uid, gid) of the user `owner` and its primary group, or None when no owner is asked for."""
+    if not owner:
+        return None
+    try:
+        entry = pwd.getpwnam(owner)
+    except KeyError:
+        module.fail_json(msg="owner %r is not a user on this host: create it first" % owner)
+    return entry.pw_uid, entry.pw_gid
+
+
+def _owned(st, ids):
+    return ids is None or (st.st_uid, st.st_gid) == ids
+
+
+def ensure_dir(path, mode, ids, changed):
     if not os.path.isdir(path):
         os.makedirs(path, mode)
         os.chmod(path, mode)
+        if ids:
+            os.chown(path, *ids)
         changed.append(path)
-    elif stat.S_IMODE(os.stat(path).st_mode) != mode:
+        return
+    st = os.stat(path)
+    if stat.S_IMODE(st.st_mode) != mode or not _owned(st, ids):
         os.chmod(path, mode)
+        if ids:
+            os.chown(path, *ids)
         changed.append(path)
 
 
@@ -76,10 +99,11 @@ def main():
     dir_mode = _mode(module.params["dir_mode"], "0755")
     for d in module.params["directories"]:
         if not module.check_mode:
-            ensure_dir(d["path"], _mode(d.get("mode"), "0755"), changed)
+            ensure_dir(d["path"], _mode(d.get("mode"), "0755"), _ids(module, d.get("owner")), changed)
     for f in module.params["files"]:
         path = f["path"]
         mode = _mode(f.get("mode"), "0644")
+        ids = _ids(module, f.get("owner"))
         content = f.get("content") or ""
         if not isinstance(content, str):
             module.fail_json(msg="%s: content must be text, got %s (a template that renders JSON is parsed by "
@@ -90,7 +114,8 @@ def main():
         try:
             with open(path, "rb") as fh:
                 same = fh.read() == data
-            same_mode = stat.S_IMODE(os.stat(path).st_mode) == mode
+            st = os.stat(path)
+            same_mode = stat.S_IMODE(st.st_mode) == mode and _owned(st, ids)
         except FileNotFoundError:
             same, same_mode = False, False
         if same and same_mode:
@@ -103,12 +128,16 @@ def main():
             os.makedirs(parent, dir_mode)
         if same:
             os.chmod(path, mode)
+            if ids:
+                os.chown(path, *ids)
             continue
         tmp = "%s.pilothouse-tmp" % path
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
         os.chmod(tmp, mode)
+        if ids:
+            os.chown(tmp, *ids)
         os.replace(tmp, path)
     module.exit_json(changed=bool(changed), changed_paths=changed)
 

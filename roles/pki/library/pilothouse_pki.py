@@ -8,8 +8,9 @@ DOCUMENTATION = r"""
 module: pilothouse_pki
 short_description: Create and keep a cluster PKI (CAs, leaf certificates, key pairs, secrets) in one directory
 description:
-  - Creates each CA, certificate, key pair and secret that is missing; re-issues a certificate (keeping its key)
-    when its subject, SANs, usages or issuer no longer match, or when it expires within I(renew_days).
+  - Creates each CA, certificate, key pair and secret that is missing; re-issues a certificate, with a new key,
+    when its subject, SANs, usages or issuer no longer match, when it expires within I(renew_days), or always
+    with I(rekey) (CAs, key pairs and secrets are kept).
   - Never touches what already matches, so re-runs report no change. Keys are written 0600, the rest 0644.
   - Keys are ECDSA P-256, except key pairs (service-account signing) which are RSA 2048.
 options:
@@ -26,6 +27,8 @@ options:
   ca_days: {description: CA validity in days., type: int, default: 3650}
   cert_days: {description: Leaf validity in days., type: int, default: 825}
   renew_days: {description: Re-issue leaves that expire within this many days., type: int, default: 30}
+  rekey: {description: Re-issue every leaf certificate with a new key (certificate rotation)., type: bool,
+          default: false}
 author: pilothouse
 """
 
@@ -34,7 +37,7 @@ EXAMPLES = r"""
   pilothouse_pki:
     dir: /srv/pki
     cas: [{name: ca, cn: kubernetes-ca}]
-    certs: [{name: admin, ca: ca, cn: kubernetes-admin, orgs: [system:masters], usages: [client]}]
+    certs: [{name: admin, ca: ca, cn: kubernetes-admin, orgs: ["pilothouse:cluster-admins"], usages: [client]}]
 """
 
 RETURN = r"""
@@ -82,9 +85,9 @@ class Pki:
     def path(self, name, ext):
         return os.path.join(self.dir, "%s.%s" % (name, ext))
 
-    def _ec_key(self, name):
+    def _ec_key(self, name, fresh=False):
         path = self.path(name, "key")
-        if os.path.exists(path):
+        if os.path.exists(path) and not fresh:
             with open(path, "rb") as fh:
                 return serialization.load_pem_private_key(fh.read(), None), False
         key = ec.generate_private_key(ec.SECP256R1())
@@ -132,7 +135,10 @@ class Pki:
             self.created.append(name)
         self.cas[name] = (key, cert)
 
-    def _matches(self, cert, spec, ca_cert, sans, ekus):
+    def _matches(self, cert, key, spec, ca_cert, sans, ekus):
+        # A key written by a run that stopped before its certificate: the pair no longer fits.
+        if cert.public_key() != key.public_key():
+            return False
         if cert.subject != self._name(spec["cn"], spec.get("orgs") or ()):
             return False
         if cert.issuer != ca_cert.subject:
@@ -165,8 +171,13 @@ class Pki:
             ekus.append(ExtendedKeyUsageOID.CLIENT_AUTH)
         key, new_key = self._ec_key(name)
         cert = self._load_cert(name)
-        if cert is not None and not new_key and self._matches(cert, spec, ca_cert, sans, ekus):
+        if (cert is not None and not new_key and not self.module.params["rekey"]
+                and self._matches(cert, key, spec, ca_cert, sans, ekus)):
             return
+        if not new_key:
+            # A re-issued certificate never reuses the old key: whoever held a copy of it holds nothing valid
+            # once the old certificate expires.
+            key, _ = self._ec_key(name, fresh=True)
         now = _now()
         builder = (x509.CertificateBuilder()
                    .subject_name(self._name(spec["cn"], spec.get("orgs") or ()))
@@ -224,6 +235,7 @@ def main():
             ca_days=dict(type="int", default=3650),
             cert_days=dict(type="int", default=825),
             renew_days=dict(type="int", default=30),
+            rekey=dict(type="bool", default=False),
         ),
         supports_check_mode=False,
     )

@@ -1,0 +1,85 @@
+"""The passphrase that protects a stack's secrets on the operator's machine (infra/stack.py): none is built in,
+each backend gets its own, kept private beside the state it unlocks. No CLI needed: seconds."""
+from __future__ import annotations
+
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from infra import stack
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+@pytest.fixture
+def no_operator_passphrase(monkeypatch):
+    monkeypatch.setattr(stack, "OPERATOR_PASSPHRASE", {})
+
+
+def test_a_backend_gets_its_own_random_passphrase_in_a_private_file(tmp_path, no_operator_passphrase):
+    first, second = tmp_path / "one", tmp_path / "two"
+    env = stack.passphrase_env(first)
+    assert env == {"PULUMI_CONFIG_PASSPHRASE_FILE": str(first / "passphrase")}
+    secret = (first / "passphrase").read_text()
+    assert len(secret) >= 40 and secret != stack.OLD_DEFAULT_PASSPHRASE
+    assert mode(first / "passphrase") == 0o600 and mode(first) == 0o700
+    # The same backend keeps its passphrase (its stacks' salt was made with it); another gets a new one.
+    assert stack.passphrase_env(first) == env and (first / "passphrase").read_text() == secret
+    stack.passphrase_env(second)
+    assert (second / "passphrase").read_text() != secret
+
+
+def test_a_loosened_state_directory_and_passphrase_file_are_made_private_again(tmp_path, no_operator_passphrase):
+    stack.passphrase_env(tmp_path / "state")
+    (tmp_path / "state").chmod(0o755)
+    (tmp_path / "state" / "passphrase").chmod(0o644)
+    stack.private_dir(tmp_path / "state")
+    stack.passphrase_env(tmp_path / "state")
+    assert mode(tmp_path / "state") == 0o700 and mode(tmp_path / "state" / "passphrase") == 0o600
+
+
+def test_the_operators_passphrase_variable_wins_and_no_file_is_written(tmp_path, monkeypatch):
+    monkeypatch.setattr(stack, "OPERATOR_PASSPHRASE", {"PULUMI_CONFIG_PASSPHRASE": "from the vault"})
+    assert stack.passphrase_env(tmp_path / "state") == {"PULUMI_CONFIG_PASSPHRASE": "from the vault"}
+    assert not (tmp_path / "state" / "passphrase").exists()
+
+
+def test_stacks_without_their_passphrase_stop_with_the_fix_named(tmp_path, no_operator_passphrase):
+    """A backend made by an earlier version (fixed default passphrase) must not get a new random one: its
+    secrets could no longer be read, not even to destroy the machines."""
+    stacks = tmp_path / "state" / ".pulumi" / "stacks" / "pilothouse"
+    stacks.mkdir(parents=True)
+    (stacks / "dev.json").write_text("{}")
+    with pytest.raises(stack.PassphraseError) as err:
+        stack.passphrase_env(tmp_path / "state")
+    message = str(err.value)
+    assert "PULUMI_CONFIG_PASSPHRASE" in message and f"printf {stack.OLD_DEFAULT_PASSPHRASE} >" in message
+    assert not (tmp_path / "state" / "passphrase").exists()
+
+
+def test_no_salt_of_a_shared_passphrase_is_committed_and_the_state_is_not_in_git():
+    committed = yaml.safe_load((REPO / "Pulumi.dev.yaml").read_text())
+    assert "encryptionsalt" not in committed
+    ignored = subprocess.run(["git", "check-ignore", "-q", ".pulumi/passphrase"], cwd=REPO)
+    assert ignored.returncode == 0, ".pulumi/ must stay out of git"
+
+
+def test_a_destroy_dry_run_names_each_machine_and_what_happens_to_it():
+    outputs = {"machines": [{"name": "c-master-1", "address": "10.77.0.20", "roles": ["master", "etcd"]},
+                            {"name": "c-worker-1", "address": "10.77.0.40", "roles": ["worker"]}],
+               "admin_kubeconfig": "/clusters/c/admin.kubeconfig"}
+    local = stack.destroy_plan(outputs, "local", 120)
+    assert [line.split()[0] for line in local[:2]] == ["c-master-1", "c-worker-1"]
+    assert all(line.endswith("delete machine") for line in local[:2])
+    assert local[2].startswith("remove /clusters/c ") and local[3].startswith("120 resources")
+    existing = stack.destroy_plan(outputs, "existing", 120)
+    assert all("reset host (the host stays)" in line for line in existing[:2])
+    assert "delete" not in " ".join(existing)
+    assert stack.destroy_plan({}, "local", 1) == ["the stack has no machines; destroying it removes its state (1 resources)"]
