@@ -442,6 +442,23 @@ def drill(c, name, stack="dev"):
     print(result.render())
 
 
+@task(help={"stack": "Pulumi stack to check"})
+def cis(c, stack="dev"):
+    """CIS Kubernetes Benchmark: run kube-bench on the first master, an external etcd member if any and the first
+    worker; print PASS/FAIL/WARN/INFO per machine, then every FAIL and WARN with its remediation. kube-bench is
+    built from its Go module the first time (about 2 minutes). Exits non-zero on any FAIL."""
+    from infra import cis as cis_mod, playbook as playbook_mod
+    from infra.artifacts import ArtifactError
+
+    try:
+        found = cis_mod.run(_plain_outputs(stack))
+    except (ArtifactError, playbook_mod.PlaybookError) as exc:
+        raise Exit(f"cis: {exc}", code=1) from None
+    print(cis_mod.render(found))
+    if any(f.status == "FAIL" for f in found):
+        raise Exit(code=1)
+
+
 @task(name="verify", help={"stack": "Pulumi stack whose workloads to check",
                            "only": "comma-separated sample ids to check (e.g. W13,W57); default: all"})
 def verify_workloads(c, stack="dev", only=None):
@@ -476,5 +493,5 @@ def test(c, k=None, fast=False):
 
 
 ns = Collection(deps, artifacts, env, up, preview, down, playbook, status, kubeconfig, ci_up, machines, ssh, test,
-               drill, Collection("certs", certs_list, certs_rotate), Collection("workloads", verify_workloads),
+               drill, cis, Collection("certs", certs_list, certs_rotate), Collection("workloads", verify_workloads),
                Collection("etcd", etcd_backup, etcd_restore, etcd_list))

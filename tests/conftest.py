@@ -7,7 +7,7 @@ their own, small, with `live_cluster`. Every cluster is destroyed at the end, an
 nothing of it is left on this host.
 
 Tests on the shared cluster may change it (a worker is added, a manifest removed, components stopped and
-started again); each leaves it healthy. They run in file order: test_addons, test_e2e, test_roles,
+started again); each leaves it healthy. They run in file order: test_addons, test_cis, test_e2e, test_roles,
 test_scenarios, test_scenarios_config, test_second_day (etcd restore, certificate rotation, the master drill),
 test_security.
 """

@@ -302,8 +302,8 @@ def test_etcd_runs_as_its_own_user_which_alone_reads_its_data_and_keys(shared_cl
     user = shared_cluster.ssh(member, "ps -o user= -C etcd").stdout.split()
     assert user == ["etcd"], f"{member}: etcd runs as {user}"
     owned = shared_cluster.ssh(member, "stat -c '%U %G %a %n' /var/lib/etcd /var/lib/etcd/member /etc/etcd/pki "
-                               "/etc/etcd/pki/* /etc/etcd/etcd.conf.yml").stdout.splitlines()
-    assert len(owned) == 11, owned   # the data dir and member/, pki/ and its 7 files, the configuration
+                               "/etc/etcd/pki/*").stdout.splitlines()
+    assert len(owned) == 10, owned   # the data dir and member/, pki/ and its 7 files
     wrong = [line for line in owned if not line.startswith(("etcd etcd 700 ", "etcd etcd 600 "))]
     assert not wrong, f"{member}: not etcd's and private: {wrong}"
     # No login for it, and root's files stay root's: the unit file and the binaries.

@@ -70,8 +70,16 @@ def missing(lock: dict | None = None) -> list[str]:
 
 def ensure_go(name: str, lock: dict | None = None, log=print) -> Entry:
     lock = lock or load_lock()
-    spec = lock["go"][name]
-    source = lock["source"]
+    return _ensure(name, lock["go"][name], lock["source"], log)
+
+
+def ensure_tool(name: str, lock: dict | None = None, log=print) -> Entry:
+    """A tool of lock.yaml's `tools:` section, built from its Go module on first use (always: no download)."""
+    lock = lock or load_lock()
+    return _ensure(name, lock["tools"][name], "build", log)
+
+
+def _ensure(name: str, spec: dict, source: str, log) -> Entry:
     key = _key(name, spec, source)
     entry = lookup(name, key)
     if entry:
