@@ -452,7 +452,7 @@ def cis(c, stack="dev"):
 
     try:
         found = cis_mod.run(_plain_outputs(stack))
-    except (ArtifactError, playbook_mod.PlaybookError) as exc:
+    except (ArtifactError, cis_mod.CisError, playbook_mod.PlaybookError) as exc:
         raise Exit(f"cis: {exc}", code=1) from None
     print(cis_mod.render(found))
     if any(f.status == "FAIL" for f in found):

@@ -19,6 +19,10 @@ TOOL = "kube-bench"
 STATUSES = ("PASS", "FAIL", "WARN", "INFO")
 
 
+class CisError(RuntimeError):
+    """The benchmark cannot run; the message says why."""
+
+
 @dataclass(frozen=True)
 class Finding:
     host: str
@@ -55,7 +59,7 @@ def findings(host: str, report: dict | list) -> list[Finding]:
 def run(outputs: dict, log=print) -> list[Finding]:
     """Build kube-bench if needed, run it on the cluster of a stack's outputs, return every finding."""
     if "inventory" not in outputs or "admin_kubeconfig" not in outputs:
-        raise playbook.PlaybookError("the stack has no cluster: bring it up first (`invoke up`)")
+        raise CisError("the stack has no cluster: bring it up first (`invoke up`)")
     inventory = json.loads(outputs["inventory"])
     lock = artifacts.load_lock()
     entry = artifacts.ensure_tool(TOOL, lock, log=log)

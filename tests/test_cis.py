@@ -39,6 +39,11 @@ def test_findings_are_read_from_every_control_group_of_a_report():
     assert "[FAIL] w1 4.1.2 unit owner (Automated)" in text and "chown root:root /etc/x" in text
 
 
+def test_a_stack_without_a_cluster_is_refused_before_anything_is_built():
+    with pytest.raises(cis.CisError, match="bring it up first"):
+        cis.run({"ssh_private_key": "k"})
+
+
 @pytest.mark.artifacts
 @pytest.mark.machines
 def test_kube_bench_finds_no_failing_check_on_a_master_and_a_worker(shared_cluster):
