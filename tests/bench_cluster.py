@@ -3,7 +3,8 @@
     .venv/bin/python tests/bench_cluster.py [--out DIR]
 
 Phases: artifacts (warm cache), machines SSH-ready, the whole `pulumi up` (playbook, add-ons, sample workloads)
-and all nodes Ready, every workload verified, a no-op `pulumi up`, adding one worker, destroy.
+and all nodes Ready, every workload verified, a no-op `pulumi up`, adding one worker, destroy. The first
+playbook run's slowest tasks (its timing callback's summary) go into the JSON and are printed too.
 It uses its own stack and network (cluster `phbench`, 10.75.0.0/24), so it never touches the `dev` stack.
 """
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from infra import artifacts, program, stack, workloads  # noqa: E402
+from infra import artifacts, playbook, program, stack, workloads  # noqa: E402
 
 CONFIG = {"pilothouse:clusterName": "phbench", "pilothouse:machineCidr": "10.75.0.0/24"}
 
@@ -34,6 +35,20 @@ class Timeline:
         self.phases.append({"phase": name, "start_s": round(began - self.start, 2),
                             "seconds": round(ended - began, 2)})
         print(f"{name:<34} {ended - began:7.1f} s", flush=True)
+
+
+def slowest_tasks(cluster: str) -> list[dict]:
+    """The summary roles/callback_plugins/pilothouse_timing.py prints at the end of the last playbook run."""
+    lines = (playbook.cluster_dir(cluster) / "logs" / "ansible.log").read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("SLOWEST TASKS"))
+    tasks = []
+    for line in lines[start + 1:]:
+        seconds, _, name = line.strip().partition("s  ")
+        if name == "total playbook time":
+            break
+        if name:
+            tasks.append({"task": name, "seconds": float(seconds)})
+    return tasks
 
 
 def nodes_ready(kubectl: str, kubeconfig: str, count: int, timeout: float = 300) -> None:
@@ -75,6 +90,9 @@ def main() -> None:
             nodes_ready(kubectl, kubeconfig, 5)
             tl.phase("pulumi up done, all nodes Ready", began)
             tl.phase("  after machines: registry, playbook, add-ons, samples", max(machines_done), configured)
+            tasks = slowest_tasks(CONFIG["pilothouse:clusterName"])
+            for task in tasks[:10]:
+                print(f"    {task['seconds']:6.1f} s  {task['task']}")
 
             began = time.monotonic()
             results = workloads.verify(kubeconfig, kubectl=kubectl, ingress_address=outputs["ingress_address"].value,
@@ -99,7 +117,8 @@ def main() -> None:
 
     args.out.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    record = {"when": stamp, "topology": "3 masters (stacked etcd), 2 workers, 1 LB", "phases": tl.phases}
+    record = {"when": stamp, "topology": "3 masters (stacked etcd), 2 workers, 1 LB", "phases": tl.phases,
+              "slowest_playbook_tasks": tasks}
     (args.out / f"timeline-{stamp}.json").write_text(json.dumps(record, indent=2))
     chart(tl.phases, args.out / f"timeline-{stamp}.png")
     print(f"timeline written to {args.out}/timeline-{stamp}.json and .png")
