@@ -3,6 +3,7 @@ leaves a stack the next run finishes without manual steps: `recovery.recover` (w
 call first) clears the dead run's lock and pending operations, and the cut-off work is done again."""
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -50,8 +51,31 @@ def start_and_kill(verb: str, state: Path, log: Path, when) -> None:
             assert time.monotonic() < deadline, f"`{verb}` never reached the point to interrupt:\n{log.read_text()}"
             time.sleep(0.05)
     finally:
+        # Pulumi starts its plugins in process groups of their own, so the group's kill would orphan them:
+        # freeze the group, note every descendant, then kill the group and each of them.
+        os.killpg(run.pid, signal.SIGSTOP)
+        plugins = descendants(run.pid)
         os.killpg(run.pid, signal.SIGKILL)
+        for pid in plugins:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         run.wait()
+
+
+def descendants(root: int) -> list[int]:
+    """Every process below `root`, from /proc's parent links."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            # The command name (field 2) may hold spaces; the parent pid is the 2nd field after its ")".
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            children.setdefault(ppid, []).append(int(stat.parent.name))
+    found, todo = [], [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
 
 
 def test_a_killed_up_and_a_killed_destroy_are_finished_by_the_next_run(tmp_path):
