@@ -49,11 +49,11 @@ def targets(inventory: dict) -> dict[str, str]:
     return chosen
 
 
-def findings(host: str, report: dict | list) -> list[Finding]:
-    """Every check of one kube-bench JSON report (it is a list of controls, or {"Controls": [...]})."""
-    controls = report.get("Controls", []) if isinstance(report, dict) else report
+def findings(host: str, report: dict) -> list[Finding]:
+    """Every check of one kube-bench JSON report ({"Controls": [...], "Totals": ...})."""
     return [Finding(host, r["test_number"], r["status"], r["test_desc"], r.get("remediation", "").strip())
-            for control in controls for group in control.get("tests") or [] for r in group.get("results") or []]
+            for control in report["Controls"] for group in control.get("tests") or []
+            for r in group.get("results") or []]
 
 
 def run(outputs: dict, log=print) -> list[Finding]:
