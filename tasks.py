@@ -22,9 +22,9 @@ def deps(c, quiet=False):
                    "tarball or backports), or set `source: download` in infra/artifacts/lock.yaml.")
     from infra import debian  # imported late, like _stack
     from infra.artifacts import images
-    from infra.machines import host
+    from infra.machines import host, vm
 
-    wanted = [*TOOL_PACKAGES, *host.HOST_PACKAGES, *images.HOST_PACKAGES.values()]
+    wanted = [*TOOL_PACKAGES, *host.HOST_PACKAGES, *vm.HOST_PACKAGES, *images.HOST_PACKAGES.values()]
     try:
         installed = debian.ensure(wanted, RuntimeError, log=print)
     except RuntimeError as exc:
@@ -192,49 +192,55 @@ def down(c, stack="dev", dry_run=False):
         backend = st.get_all_config().get("pilothouse:backend")
         resources = st.export_stack().deployment.get("resources", [])
         print(f"`invoke down --stack {stack}` would:")
-        for line in destroy_plan(outputs, backend.value if backend else "local", len(resources)):
+        from infra.machines import vm
+
+        vms = [name for name, _ in vm.list_vms()]
+        for line in destroy_plan(outputs, backend.value if backend else "local", len(resources), vms):
             print(f"  {line}")
         return
     recovered = _recover(st)
     with _pulumi_errors("pulumi destroy"):
         st.destroy(on_output=_stream)
     if recovered.cut_off_machines:
-        from infra.machines import local
+        from infra.machines import local, vm
 
         for name in recovered.cut_off_machines:  # made by the interrupted run, never recorded in the state
-            local.destroy(name)
+            (vm.destroy if vm.status(name) != "absent" else local.destroy)(name)
             print(f"deleted machine {name}, whose creation had been interrupted")
 
 
 @task
 def machines(c):
-    """List the local machines on this host: name, state, address."""
-    from infra.machines import local
+    """List the machines on this host, local machines and libvirt VMs: name, kind, state, address."""
+    from infra.machines import local, vm
 
     for m in local.list_machines():
-        print(f"{m.name:<28} {m.status:<8} {m.address}")
+        print(f"{m.name:<28} {'local':<8} {m.status:<8} {m.address}")
+    for name, address in vm.list_vms():
+        print(f"{name:<28} {'vm':<8} {vm.status(name):<8} {address}")
 
 
-@task(help={"name": "machine name (see `invoke machines`)", "stack": "Pulumi stack that owns it"})
+@task(help={"name": "machine name (see `invoke status`)", "stack": "Pulumi stack that owns it"})
 def ssh(c, name, stack="dev"):
     """Open a root shell on one machine, with the stack's SSH key, checking the machine's pinned host key."""
     import shlex
 
     from infra import known_hosts
-    from infra.machines import local
 
-    state = local.get(name)
-    if state is None:
-        raise Exit(f"no machine named {name}; `invoke machines` lists them")
-    outputs = _stack(stack).outputs()
-    workdir = Path(outputs["admin_kubeconfig"].value).parent
+    outputs = _plain_outputs(stack)
+    found = [m for m in outputs.get("machines", []) if m["name"] == name]
+    if not found or not found[0].get("ssh_host_key"):
+        raise Exit(f"stack {stack} has no machine named {name} with a pinned host key; `invoke status --stack "
+                   f"{stack}` lists its machines")
+    machine = found[0]
+    workdir = Path(outputs["admin_kubeconfig"]).parent
     keyfile = workdir / "ssh_key"
-    keyfile.write_text(outputs["ssh_private_key"].value)
+    keyfile.write_text(outputs["ssh_private_key"])
     keyfile.chmod(0o600)
     known = workdir / known_hosts.FILE_NAME
-    known_hosts.write(known, [known_hosts.entry(state.address, state.ssh_host_key)])
-    c.run(shlex.join(["ssh", "-i", str(keyfile), *known_hosts.options(known, pinned=True), f"root@{state.address}"]),
-          pty=True)
+    known_hosts.write(known, [known_hosts.entry(machine["ssh_address"], machine["ssh_host_key"])])
+    c.run(shlex.join(["ssh", "-i", str(keyfile), *known_hosts.options(known, pinned=True),
+                      f"{machine['ssh_user']}@{machine['ssh_address']}"]), pty=True)
 
 
 def _report(stack_name: str):
@@ -419,24 +425,28 @@ DRILLS = ("master", "etcd-leader", "lb", "worker")
 
 @task(help={"name": f"which drill: {', '.join(DRILLS)}", "stack": "Pulumi stack to drill on"})
 def drill(c, name, stack="dev"):
-    """Failure drill on a live local cluster: pull the plug on one machine while requests run through the load
+    """Failure drill on a live local or libvirt cluster: pull the plug on one machine while requests run through the load
     balancer, print what clients saw and how long the cluster took to notice, bring the machine back with
     `up --refresh` and wait until the cluster is healthy. master: the controller-manager lease holder;
     etcd-leader: the etcd leader's machine; lb: the load balancer holding the virtual address (2+ lbs);
     worker: the worker running the most pods."""
     from infra import drill as drill_mod
-    from infra.machines import local
+    from infra.machines import local, vm
 
     if name not in DRILLS:
         raise Exit(f"unknown drill {name!r}; available: {', '.join(DRILLS)}")
     backend = _stack(stack).get_all_config().get("pilothouse:backend")
-    if backend and backend.value != "local":
-        raise Exit(f"drills pull the plug on this host's local machines; stack {stack} uses backend "
+    if backend and backend.value not in ("local", "libvirt"):
+        raise Exit(f"drills pull the plug on this host's machines and VMs; stack {stack} uses backend "
                    f"{backend.value}, whose machines this host cannot power off", code=1)
+
+    def pull_plug(machine: str) -> None:
+        (vm.pull_plug if vm.status(machine) != "absent" else local.pull_plug)(machine)
+
     outputs = _plain_outputs(stack)
     try:
         result = drill_mod.run(name, outputs["machines"], outputs["ssh_private_key"], outputs["admin_kubeconfig"],
-                               kill=local.pull_plug, bring_back=lambda: up(c, stack=stack, refresh=True))
+                               kill=pull_plug, bring_back=lambda: up(c, stack=stack, refresh=True))
     except drill_mod.DrillError as exc:
         raise Exit(f"drill {name}: {exc}", code=1) from None
     print(result.render())

@@ -23,14 +23,16 @@ from typing import Callable
 from pulumi import automation as auto
 
 # A local machine's URN ends with its parent component's type, then the dynamic resource's.
-LOCAL_MACHINE_TYPE = "pilothouse:machines:LocalMachines$pulumi-python:dynamic:Resource"
+# Machines this host makes (local machines, and VMs beside them): the dynamic resources of these components.
+MACHINE_TYPES = tuple(f"pilothouse:machines:{c}$pulumi-python:dynamic:Resource"
+                      for c in ("LocalMachines", "LibvirtMachines"))
 
 
 @dataclass(frozen=True)
 class Recovered:
     locks: list[str]  # "pid N, started T" of each stale lock removed
     pending: list[str]  # "<resource name>: interrupted while <creating|updating|deleting|...>"
-    cut_off_machines: list[str]  # local machines whose create was cut off (not in the state)
+    cut_off_machines: list[str]  # local machines and VMs whose create was cut off (not in the state)
 
 
 def _pulumi_alive(pid: int) -> bool:
@@ -84,7 +86,7 @@ def recover(st: auto.Stack, state_dir: Path, say: Callable[[str], None] = print)
         return Recovered(locks, [], [])
     pending = [f"{op['resource']['urn'].rsplit('::', 1)[-1]}: interrupted while {op['type']}" for op in operations]
     cut_off = [op["resource"].get("inputs", {}).get("name") for op in operations
-               if op["type"] == "creating" and op["resource"]["urn"].split("::")[-2].endswith(LOCAL_MACHINE_TYPE)]
+               if op["type"] == "creating" and op["resource"]["urn"].split("::")[-2].endswith(MACHINE_TYPES)]
     exported.deployment["pending_operations"] = []
     st.import_stack(exported)
     say("an earlier run was interrupted; its unfinished operations are dropped from the state and done again:\n"

@@ -15,7 +15,7 @@ import math
 from collections.abc import Mapping
 
 from infra.spec_checks import (
-    check_aws, check_counts, check_name_lengths, check_scope, check_vip, machines_by_role, network,
+    check_aws, check_counts, check_libvirt, check_name_lengths, check_scope, check_vip, libvirt_machines, machines_by_role, network,
 )
 from infra.spec_hosts import existing_hosts
 from infra.spec_model import (
@@ -277,12 +277,7 @@ def _build(cfg: Mapping[str, object], problems: list[str]) -> ClusterSpec:
     if usable("backend") and backend == "aws":
         check_aws(v, usable, problems)
     if usable("backend") and backend == "libvirt":
-        for key in ("libvirtUri", "libvirtPool", "libvirtImage"):
-            if usable(key) and not v[key]:
-                problems.append(
-                    f"pilothouse:{key} is empty; the libvirt backend needs it: `pulumi config rm "
-                    f"pilothouse:{key}` for the default ({KEYS[key].default}) or set it"
-                )
+        check_libvirt(v, usable, problems, machines)
 
     if problems:
         raise SpecError(problems)
@@ -298,7 +293,8 @@ def _build(cfg: Mapping[str, object], problems: list[str]) -> ClusterSpec:
         vip=vip,
         machines=machines,
         aws=AwsOptions(operator_cidr=v["operatorCidr"], instance_type=v["awsInstanceType"]),
-        libvirt=LibvirtOptions(uri=v["libvirtUri"], pool=v["libvirtPool"], image=v["libvirtImage"]),
+        libvirt=LibvirtOptions(uri=v["libvirtUri"], pool=v["libvirtPool"], machines=libvirt_machines(v["libvirtMachines"]),
+                               accel=v["libvirtAccel"]),
         ssh_access=ssh_access,
     )
 

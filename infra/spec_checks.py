@@ -1,9 +1,10 @@
-"""The cluster spec's checks of networks, machine counts, names, the VIP and the aws options: each appends
+"""The cluster spec's checks of networks, machine counts, names, the VIP and the aws and libvirt options: each appends
 what is wrong, with the fix, to `problems`, so one run reports every problem (infra/spec.py calls them)."""
 from __future__ import annotations
 
 import functools
 import ipaddress
+import re
 from collections import Counter
 from collections.abc import Callable
 
@@ -149,13 +150,13 @@ def check_name_lengths(v: dict, machines: tuple[Machine, ...], problems: list[st
     """Every machine name must be a hostname label, and short enough for the backend that boots it."""
     if not machines:
         return
-    local = v["backend"] == "local"
+    local = v["backend"] in ("local", "libvirt")
     limit = local_name_limit() if local else MAX_NAME
     longest = max(machines, key=lambda m: len(m.name)).name
     cut = len(longest) - limit
     if cut <= 0:
         return
-    what = f"the local backend boots names of at most {limit}" if local else f"a hostname allows at most {limit}"
+    what = f"the {v['backend']} backend boots names of at most {limit}" if local else f"a hostname allows at most {limit}"
     cluster = v["clusterName"]
     # <clusterName>-<part>-<n>: say which of the two can give up the characters.
     part = longest[len(cluster) + 1 :].rsplit("-", 1)[0]
@@ -240,4 +241,40 @@ def check_aws(v: dict, usable: Callable[..., bool], problems: list[str]) -> None
     if operator is not None and operator.prefixlen == 0:
         problems.append(
             "pilothouse:operatorCidr 0.0.0.0/0 opens SSH and the API to the whole internet; use your address/32"
+        )
+
+
+LIBVIRT_URI = re.compile(r"^qemu(\+unix)?:///system(\?\S*)?$")
+LIBVIRT_POOL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def libvirt_machines(text: str) -> tuple[str, ...]:
+    return tuple(r.strip() for r in text.split(",") if r.strip())
+
+
+def check_libvirt(v: dict, usable: Callable[..., bool], problems: list[str], machines: tuple[Machine, ...]) -> None:
+    if usable("libvirtUri") and not LIBVIRT_URI.match(v["libvirtUri"]):
+        problems.append(
+            f"pilothouse:libvirtUri {v['libvirtUri']!r} is not this host's system hypervisor: the VMs join this "
+            "host's bridge and registry mirror, so only qemu:///system (or qemu+unix:///system) works"
+        )
+    if usable("libvirtPool") and not LIBVIRT_POOL.match(v["libvirtPool"]):
+        problems.append(f"pilothouse:libvirtPool {v['libvirtPool']!r} is not a pool name; use e.g. `default`")
+    if usable("libvirtMachines", "clusterName", "masterName", "workerName", "lbName", "etcdName"):
+        chosen = libvirt_machines(v["libvirtMachines"])
+        # A name may be one the cluster gets only when a count grows: the next worker can be a VM.
+        parts = "|".join(re.escape(v[k]) for k in ("masterName", "workerName", "lbName", "etcdName"))
+        possible = re.compile(rf"^{re.escape(v['clusterName'])}-({parts})-[1-9][0-9]*$")
+        unknown = [c for c in chosen if c not in ROLE_KEYS and not possible.match(c)]
+        if unknown or not chosen:
+            example = machines[-1].name if machines else "worker"
+            problems.append(
+                f"pilothouse:libvirtMachines {v['libvirtMachines']!r} must list roles ({', '.join(ROLE_KEYS)}) or "
+                f"machine names of this cluster, separated by commas (e.g. `worker` or `{example}`)"
+                + (f"; {', '.join(unknown)} is neither" if unknown else "")
+            )
+    if usable("libvirtAccel") and v["libvirtAccel"] not in ("kvm", "tcg"):
+        problems.append(
+            f"pilothouse:libvirtAccel {v['libvirtAccel']!r} must be kvm (hardware virtualisation) or tcg (qemu's "
+            "emulator, for hosts without usable KVM)"
         )

@@ -105,13 +105,13 @@ KEYS: dict[str, Key] = {
     "sshUser": Key(str, "root", "existing: SSH user of hosts without user=; other than root it needs passwordless sudo."),
     "sshKeyPath": Key(str, "", "existing: SSH private key file of hosts without key= (e.g. ~/.ssh/id_ed25519)."),
     "jumpHost": Key(str, "", "existing: [user@]host[:port] that hosts without jump= are reached through; empty: directly."),
-    "libvirtUri": Key(str, "qemu:///system", "libvirt: connection URI of the hypervisor."),
-    "libvirtPool": Key(str, "default", "libvirt: storage pool for the machines' disks."),
-    "libvirtImage": Key(
-        str,
-        "https://cloud.debian.org/images/cloud/bookworm/latest/debian-12-genericcloud-amd64.qcow2",
-        "libvirt: Debian cloud image (URL or path) every machine's disk is cloned from.",
+    "libvirtUri": Key(str, "qemu:///system", "libvirt: URI of this host's hypervisor (the VMs join its bridge): qemu:///system."),
+    "libvirtPool": Key(str, "default", "libvirt: `dir` storage pool holding the VMs' disks (`default` is made if missing)."),
+    "libvirtMachines": Key(
+        str, "lb,master,etcd,worker",
+        "libvirt: the machines that are VMs, by role or by name; the others are local machines on the same bridge.",
     ),
+    "libvirtAccel": Key(str, "kvm", "libvirt: kvm (hardware virtualisation) or tcg (qemu's emulator, slow)."),
 }
 
 
@@ -151,7 +151,11 @@ class AwsOptions:
 class LibvirtOptions:
     uri: str
     pool: str
-    image: str
+    machines: tuple[str, ...]  # roles and machine names: the machines they select are VMs, the rest local
+    accel: str
+
+    def is_vm(self, machine: "Machine") -> bool:
+        return machine.name in self.machines or any(r in self.machines for r in machine.roles)
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Callable, Collection, Mapping
 
 from pulumi import automation as auto
 
@@ -138,14 +138,20 @@ DESTROY_ACTIONS = {"local": "delete machine", "libvirt": "delete VM and its disk
                    "existing": "reset host (the host stays)"}
 
 
-def destroy_plan(outputs: Mapping[str, object], backend: str, resources: int) -> list[str]:
+def destroy_plan(outputs: Mapping[str, object], backend: str, resources: int,
+                 vms: Collection[str] = ()) -> list[str]:
     """The lines `invoke down --dry-run` prints: each machine and what destroying the stack does to it, the
-    cluster directory removed with it, and how many resources the state holds."""
+    cluster directory removed with it, and how many resources the state holds. `vms`: the machines of a
+    libvirt stack that are VMs (the others are local machines)."""
     machines = outputs.get("machines") or []
     if not machines:
         return [f"the stack has no machines; destroying it removes its state ({resources} resources)"]
-    action = DESTROY_ACTIONS.get(backend, "delete machine")
-    lines = [f"{m['name']:<28} {m['address']:<15} {','.join(m['roles']):<11} {action}" for m in machines]
+    def action(name: str) -> str:
+        if backend == "libvirt" and name not in vms:
+            return DESTROY_ACTIONS["local"]
+        return DESTROY_ACTIONS.get(backend, "delete machine")
+
+    lines = [f"{m['name']:<28} {m['address']:<15} {','.join(m['roles']):<11} {action(m['name'])}" for m in machines]
     kubeconfig = outputs.get("admin_kubeconfig")
     if kubeconfig:
         lines.append(f"remove {Path(str(kubeconfig)).parent} (PKI, admin kubeconfig, etcd backups, logs)")

@@ -7,7 +7,8 @@ their own, small, with `live_cluster`. Every cluster is destroyed at the end, an
 nothing of it is left on this host.
 
 Tests on the shared cluster may change it (a worker is added, a manifest removed, components stopped and
-started again); each leaves it healthy. They run in file order: test_addons, test_cis, test_e2e, test_roles,
+started again); each leaves it healthy. They run after every other test (pytest_collection_modifyitems), in file
+order: test_addons, test_cis, test_e2e, test_roles,
 test_scenarios, test_scenarios_config, test_second_day (etcd restore, certificate rotation, the master drill),
 test_security.
 """
@@ -16,7 +17,9 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import subprocess
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -25,7 +28,7 @@ import pytest
 from pulumi import automation as auto
 
 from infra import known_hosts, kube, playbook, program, spec as spec_mod, stack
-from infra.machines import local
+from infra.machines import local, vm
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -151,8 +154,11 @@ def server_and_client(live: LiveCluster, ns: str, server_node: str, client_node:
 def _leftovers(spec: spec_mod.ClusterSpec) -> list[str]:
     left = []
     # Machines of backend existing are not the stack's: they outlive it (their reset is checked by their test).
-    if spec.backend == "local":
-        left += [f"machine {m.name}" for m in spec.machines if local.status(m.name) != "absent"]
+    if spec.backend in ("local", "libvirt"):
+        vms = [m for m in spec.machines if spec.backend == "libvirt" and spec.libvirt.is_vm(m)]
+        left += [f"machine {m.name}" for m in spec.machines if m not in vms and local.status(m.name) != "absent"]
+        left += [f"VM {m.name}" for m in vms if vm.domain_state(spec.libvirt.uri, m.name) != "absent"]
+        left += [f"VM disk {path}" for m in vms for path in vm.DEFAULT_POOL_DIR.glob(f"{m.name}.*")]
         links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
         if f" {local.bridge_name(spec.name)}:" in links:
             left.append(f"bridge {local.bridge_name(spec.name)}")
@@ -195,6 +201,39 @@ def live_cluster(name: str, config: dict, workdir: Path, manifests: Path | None 
             (REPO / f"Pulumi.{name}.yaml").unlink(missing_ok=True)
     left = _leftovers(live.spec) + _leftovers(spec)
     assert not left, f"`pulumi destroy` left {sorted(set(left))} behind"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests on the shared cluster run last (in file order), the other live tests first: those boot clusters of
+    their own, and with the shared cluster idle beside them (8 machines, the add-ons and every sample) they took
+    about twice as long (measured: the small topology's module 287 s alone, 483 s beside it)."""
+    items.sort(key=lambda item: "shared_cluster" in item.fixturenames)  # a stable sort keeps file order
+
+
+@pytest.fixture(scope="session")
+def libvirt_daemons(tmp_path_factory) -> Iterator[None]:
+    """libvirt's daemons, started here when the host runs none (PID 1 here is not systemd) and stopped after."""
+    if subprocess.run(["virsh", "-c", "qemu:///system", "version"], capture_output=True).returncode == 0:
+        yield
+        return
+    run = tmp_path_factory.mktemp("libvirt")
+    pidfiles = [run / "virtlogd.pid", run / "libvirtd.pid"]
+    for daemon, pidfile in zip(("virtlogd", "libvirtd"), pidfiles):
+        subprocess.run([daemon, "--daemon", "--pid-file", str(pidfile)], check=True)
+    try:
+        deadline = time.monotonic() + 30
+        while subprocess.run(["virsh", "-c", "qemu:///system", "version"], capture_output=True).returncode:
+            assert time.monotonic() < deadline, "libvirtd did not answer within 30 s"
+            time.sleep(0.5)
+        yield
+    finally:
+        for pidfile in reversed(pidfiles):
+            with contextlib.suppress(OSError, ValueError):
+                pid = int(pidfile.read_text())
+                os.kill(pid, signal.SIGTERM)
+                deadline = time.monotonic() + 15
+                while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+                    time.sleep(0.2)
 
 
 @pytest.fixture(scope="session")

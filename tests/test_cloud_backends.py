@@ -1,18 +1,16 @@
-"""The AWS and libvirt backends, run against Pulumi mocks: no cloud or hypervisor is contacted.
+"""The AWS backend, run against Pulumi mocks: no cloud is contacted.
 
 These check what would be asked of the provider (resources, their inputs, every firewall rule); they
-cannot check that AWS or libvirt accept it.
+cannot check that AWS accepts it.
 """
 
 from __future__ import annotations
 
 import pulumi
 import pytest
-import yaml
 
 from infra import spec as cluster_spec
 from infra.machines import aws as aws_machines
-from infra.machines import libvirt as libvirt_machines
 
 PUBLIC_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIExampleKeyMaterialForTestsOnly pilothouse"
 PRIVATE_KEY = "-----BEGIN OPENSSH PRIVATE KEY-----\ntest\n-----END OPENSSH PRIVATE KEY-----\n"
@@ -242,84 +240,3 @@ def test_aws_refuses_a_spec_for_another_backend():
     spec = cluster_spec.from_config({})
     with pytest.raises(cluster_spec.SpecError, match="AwsMachines builds only backend 'aws'"):
         run_aws(spec)
-
-
-# --- libvirt -----------------------------------------------------------------------------------------
-
-
-def run_libvirt(**overrides) -> tuple[Mocks, dict, cluster_spec.ClusterSpec]:
-    spec = cluster_spec.from_config({"backend": "libvirt", **overrides})
-    args = libvirt_machines.LibvirtMachinesArgs(
-        spec=spec, ssh_public_key=PUBLIC_KEY, ssh_private_key=PRIVATE_KEY
-    )
-    mocks, outputs = run(
-        "pilothouse:machines:LibvirtMachines", lambda: libvirt_machines.LibvirtMachines("kvm", args)
-    )
-    return mocks, outputs, spec
-
-
-@pytest.fixture(scope="module")
-def default_libvirt():
-    return run_libvirt()
-
-
-def test_libvirt_network_is_nat_on_the_machine_cidr_without_dhcp(default_libvirt):
-    mocks, _, _ = default_libvirt
-    (net,) = of_type(mocks, "libvirt:index/network:Network")
-    assert net.inputs["mode"] == "nat", urn(mocks, net)
-    assert net.inputs["addresses"] == ["10.77.0.0/24"], urn(mocks, net)
-    assert net.inputs["dhcp"] == {"enabled": False}, (
-        f"{urn(mocks, net)}: addresses are static, DHCP must be off"
-    )
-    (provider,) = of_type(mocks, "pulumi:providers:libvirt")
-    assert provider.inputs["uri"] == "qemu:///system"
-
-
-def test_libvirt_every_disk_is_a_clone_of_the_debian_cloud_image(default_libvirt):
-    mocks, _, spec = default_libvirt
-    volumes = {r.inputs["name"]: r for r in of_type(mocks, "libvirt:index/volume:Volume")}
-    base = volumes.pop("pilothouse-base.qcow2")
-    assert base.inputs["source"] == spec.libvirt.image, urn(mocks, base)
-    assert sorted(volumes) == sorted(f"{m.name}.qcow2" for m in spec.machines)
-    for res in volumes.values():
-        assert res.inputs["baseVolumeId"] == "kvm-base-id", (
-            f"{urn(mocks, res)}: not cloned from the base image"
-        )
-
-
-def test_libvirt_cloud_init_sets_hostname_static_address_and_ssh_key(default_libvirt):
-    mocks, _, spec = default_libvirt
-    seeds = {r.inputs["name"]: r for r in of_type(mocks, "libvirt:index/cloudInitDisk:CloudInitDisk")}
-    domains = {r.inputs["name"]: r for r in of_type(mocks, "libvirt:index/domain:Domain")}
-    for m in spec.machines:
-        seed = seeds[f"{m.name}-cloudinit.iso"]
-        user = yaml.safe_load(seed.inputs["userData"])
-        assert user["hostname"] == m.name, urn(mocks, seed)
-        assert user["users"][0]["ssh_authorized_keys"] == [PUBLIC_KEY], f"{urn(mocks, seed)}: SSH key missing"
-        net = yaml.safe_load(seed.inputs["networkConfig"])["ethernets"]["primary"]
-        assert net["addresses"] == [f"{m.address}/24"], f"{urn(mocks, seed)}: wrong static address"
-        assert net["routes"] == [{"to": "default", "via": "10.77.0.1"}], urn(mocks, seed)
-        domain = domains[m.name]
-        nic = domain.inputs["networkInterfaces"][0]
-        assert nic["mac"] == net["match"]["macaddress"], (
-            f"{urn(mocks, domain)}: NIC MAC does not match cloud-init"
-        )
-        assert domain.inputs["cloudinit"] == f"kvm-{m.name}-cloudinit-id", urn(mocks, domain)
-
-
-def test_libvirt_outputs_have_the_same_shape_as_every_backend(default_libvirt):
-    _, outputs, spec = default_libvirt
-    assert outputs["machines"] == [
-        {"name": m.name, "roles": list(m.roles), "address": m.address, "ssh_address": m.address,
-         "ssh_user": "debian", "ssh_key_file": "", "jump_host": "", "ssh_host_key": ""}
-        for m in spec.machines
-    ]
-    assert outputs["ssh_user"] == "debian"
-    assert outputs["ssh_private_key"] == PRIVATE_KEY
-
-
-def test_libvirt_macs_are_distinct_and_stable():
-    assert libvirt_machines.mac_for("10.77.0.20") == "52:54:00:4d:00:14"
-    spec = cluster_spec.from_config({"backend": "libvirt", "workers": 100})
-    macs = [libvirt_machines.mac_for(m.address) for m in spec.machines]
-    assert len(set(macs)) == len(macs)

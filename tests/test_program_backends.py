@@ -1,5 +1,6 @@
 """The whole program `pulumi up` runs (infra.program.main), under Pulumi mocks, for the backends that cannot run
-here (aws) or whose machines are someone else's (existing): which resources it asks for, in which order, and
+here (aws), whose machines are someone else's (existing) or VMs (libvirt, whose live test is in
+test_topologies.py): which resources it asks for, in which order, and
 the inventory the playbook would get. The playbook itself never runs under mocks: its resource is recorded
 with its inputs, and nothing connects to a machine.
 """
@@ -14,7 +15,7 @@ import pytest
 
 from infra import playbook, program
 from infra.artifacts import images, registry
-from infra.machines import aws_credentials
+from infra.machines import aws_credentials, vm
 
 pytestmark = pytest.mark.artifacts  # the program looks up the built binaries the playbook would copy
 
@@ -186,8 +187,29 @@ def test_existing_program_checks_and_claims_hosts_and_gives_the_playbook_their_k
     assert (inventory["w2"]["ansible_user"], inventory["w2"]["ansible_become"]) == ("debian", True)
 
 
-def test_libvirt_is_refused_before_anything_is_created(clusters_root):
+def test_libvirt_without_an_answering_hypervisor_is_refused_before_anything_is_created(clusters_root):
     mocks = Mocks()
-    with pytest.raises(pulumi.RunError, match="pilothouse:backend 'libvirt' is not wired into `pulumi up`"):
-        run_program({"pilothouse:backend": "libvirt"}, clusters_root, "phkvm", mocks)
+    with pytest.raises(pulumi.RunError, match=r"libvirt at qemu:///system\?socket=\S+ does not answer: start it"):
+        run_program({"pilothouse:backend": "libvirt",
+                     "pilothouse:libvirtUri": f"qemu:///system?socket={clusters_root}/no-libvirt.sock"},
+                    clusters_root, "phkvm", mocks)
     assert [r.typ for r in mocks.resources if not r.typ.startswith("pilothouse:")] == []
+
+
+def test_libvirt_makes_vms_of_the_listed_roles_and_local_machines_of_the_rest(clusters_root, monkeypatch):
+    monkeypatch.setattr(vm, "check_hypervisor", lambda uri: None)  # no hypervisor is asked under mocks
+    mocks = run_program({"pilothouse:backend": "libvirt", "pilothouse:libvirtMachines": "worker",
+                         "pilothouse:libvirtAccel": "tcg"}, clusters_root, "phkvm")
+    machines = {r.name.removeprefix("phkvm-machines-"): r.inputs for r in mocks.resources
+                if r.typ == DYNAMIC and "address" in r.inputs}
+    vms = {name for name, inputs in machines.items() if "accel" in inputs}
+    assert vms == {"phkvm-worker-1", "phkvm-worker-2"}
+    assert set(machines) - vms == {"phkvm-lb-1", "phkvm-master-1", "phkvm-master-2", "phkvm-master-3"}
+    worker = machines["phkvm-worker-1"]
+    assert (worker["accel"], worker["uri"], worker["pool"], worker["bridge"]) == (
+        "tcg", "qemu:///system", "default", "ph-phkvm")
+    assert (worker["memory_mib"], worker["vcpus"]) == (2048, 2)
+    # Every machine, VM or not, is on the one bridge, where the registry mirror listens.
+    assert {inputs["bridge"] for inputs in machines.values()} == {"ph-phkvm"}
+    registry_run = named(mocks, "-registry")
+    assert registry_run.inputs["listen"] == "10.77.0.1:5000"

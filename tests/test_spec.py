@@ -200,7 +200,7 @@ def test_duplicate_machine_names_are_refused():
 
 def test_machine_name_over_63_characters_is_refused_on_any_backend():
     refused(
-        {"clusterName": "c" * 60, "backend": "libvirt"},
+        {"clusterName": "c" * 60, "backend": "aws", "podNetwork": "vxlan", "operatorCidr": "198.51.100.7/32"},
         f"machine name '{'c' * 60}-master-1' is 69 characters",
         "a hostname allows at most 63",
         "shorten pilothouse:clusterName by 6 characters (to 54 or fewer)",
@@ -546,7 +546,8 @@ def test_local_backend_refuses_names_it_cannot_boot_and_says_how_much_to_cut():
         f"shorten pilothouse:clusterName by 2 characters (to {len(cluster) - 2} or fewer)",
     )
     assert from_config({"clusterName": cluster[:-2]})
-    assert from_config({"clusterName": cluster, "backend": "libvirt"})  # other backends allow 63
+    assert from_config({"clusterName": cluster, "backend": "aws", "podNetwork": "vxlan",
+                        "operatorCidr": "198.51.100.7/32"})  # a cloud allows 63
 
 
 def test_local_backend_names_the_part_to_shorten_when_the_cluster_name_cannot_absorb_it():
@@ -694,3 +695,30 @@ def test_load_turns_a_refused_spec_into_a_run_error_carrying_only_the_problems()
 def test_load_returns_the_spec_when_the_config_is_good():
     with stack_config({"pilothouse:workers": "3"}):
         assert len(cluster_spec.load().workers) == 3
+
+
+def test_libvirt_options_are_checked_with_the_fix():
+    refused({"backend": "libvirt", "libvirtUri": "qemu+ssh://kvm1/system"},
+            "'qemu+ssh://kvm1/system' is not this host's system hypervisor", "only qemu:///system")
+    refused({"backend": "libvirt", "libvirtMachines": "worker,gpu,other-worker-1"},
+            "must list roles (lb, master, etcd, worker) or machine names of this cluster",
+            "gpu, other-worker-1 is neither")
+    refused({"backend": "libvirt", "libvirtMachines": ""}, "pilothouse:libvirtMachines")
+    refused({"backend": "libvirt", "libvirtAccel": "hvf"}, "must be kvm", "or tcg")
+    refused({"backend": "libvirt", "libvirtPool": "my pool"}, "'my pool' is not a pool name")
+
+
+def test_libvirt_machines_are_chosen_by_role_or_by_name():
+    spec = from_config({"backend": "libvirt", "libvirtMachines": "worker, lb", "libvirtAccel": "tcg"})
+    assert spec.libvirt.accel == "tcg"
+    assert [m.name for m in spec.machines if spec.libvirt.is_vm(m)] == [
+        m.name for m in spec.machines if {"worker", "lb"} & set(m.roles)]
+    # A master with stacked etcd is a VM when either of its roles is listed.
+    stacked = from_config({"backend": "libvirt", "libvirtMachines": "etcd"})
+    assert all(stacked.libvirt.is_vm(m) for m in stacked.masters)
+    assert not any(stacked.libvirt.is_vm(m) for m in stacked.workers)
+    # By name, including one the cluster has only once a count grows.
+    named = from_config({"backend": "libvirt", "clusterName": "c", "libvirtMachines": "c-worker-2,c-worker-3"})
+    assert [m.name for m in named.machines if named.libvirt.is_vm(m)] == ["c-worker-2"]
+    grown = from_config({"backend": "libvirt", "clusterName": "c", "libvirtMachines": "c-worker-3", "workers": 3})
+    assert [m.name for m in grown.machines if grown.libvirt.is_vm(m)] == ["c-worker-3"]

@@ -82,4 +82,6 @@ def test_a_destroy_dry_run_names_each_machine_and_what_happens_to_it():
     existing = stack.destroy_plan(outputs, "existing", 120)
     assert all("reset host (the host stays)" in line for line in existing[:2])
     assert "delete" not in " ".join(existing)
+    mixed = stack.destroy_plan(outputs, "libvirt", 120, vms=["c-worker-1"])
+    assert mixed[0].endswith("delete machine") and mixed[1].endswith("delete VM and its disks")
     assert stack.destroy_plan({}, "local", 1) == ["the stack has no machines; destroying it removes its state (1 resources)"]

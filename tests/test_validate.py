@@ -49,6 +49,7 @@ ACCEPTED = {
     "1 worker": {"workers": 1},
     "10 workers": {"workers": 10},
     "other CIDRs": {"machineCidr": "192.168.50.0/24", "podCidr": "172.20.0.0/16", "serviceCidr": "172.30.0.0/16"},
+    "libvirt VM workers beside local machines": {"backend": "libvirt", "libvirtMachines": "worker"},
     # No registry mirror: the machines pull from the upstream registries.
     "aws, upstream images": {"backend": "aws", "podNetwork": "vxlan", "operatorCidr": "198.51.100.7/32"},
 }

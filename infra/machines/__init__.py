@@ -13,9 +13,9 @@ Every backend is a Pulumi ComponentResource built from the cluster spec, with th
                       its machine-network address (.1); False when they pull from the upstream registries
 
 Backends: `local` (provider.LocalMachines: systemd-nspawn machines on this host), `existing`
-(existing.ExistingHosts: hosts the user lists, checked, claimed and reset, never created or deleted), `aws`
-(aws.AwsMachines, tested with Pulumi mocks only) and `libvirt` (libvirt.LibvirtMachines, mock-tested, not wired
-into `pulumi up`).
+(existing.ExistingHosts: hosts the user lists, checked, claimed and reset, never created or deleted), `libvirt`
+(libvirt.LibvirtMachines: VMs on this host through virsh, infra.machines.vm, with local machines for the roles
+it does not take) and `aws` (aws.AwsMachines, tested with Pulumi mocks only).
 
 The local machines' plain Python API is infra.machines.local (used by the provider, tasks and tests):
 

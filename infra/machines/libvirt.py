@@ -1,174 +1,110 @@
-"""libvirt/KVM machines for a ClusterSpec, with the official pulumi_libvirt provider.
+"""The `libvirt` backend: the spec's machines as libvirt VMs on this host (infra.machines.vm), through a Pulumi
+dynamic provider that drives `virsh`.
 
-Tested only with Pulumi mocks (tests/test_cloud_backends.py): nested KVM hangs on the machines this
-project is developed on, so booting these for real is unverified. Kept thin for that reason: one NAT
-network holding the machine CIDR (the host takes .1), a Debian cloud image as the shared base volume,
-and per machine a copy-on-write disk, a cloud-init disk (hostname, static address, SSH key) and a domain.
+Why not the official pulumi-libvirt provider: its plugin is built from a Go module the module proxy here
+refuses, so it cannot be installed; and libvirt's Python binding is not on PyPI as a wheel (it compiles against
+libvirt's headers). `virsh` is libvirt's own client, installed with the daemon, and speaks the same API.
 
-Addresses are static (cloud-init network config, matched on a MAC derived from the address) rather than
-DHCP leases, so each machine has its spec address from first boot and the network needs no DHCP.
+Machines `libvirtMachines` does not select (by role or name) are local systemd-nspawn machines on the same
+bridge: a cluster may keep its control plane in light local machines and run workers as VMs with kernels of
+their own.
 """
-
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass
+from typing import Any
 
 import pulumi
-import pulumi_libvirt as libvirt
-import yaml
+from pulumi.dynamic import CheckFailure, CheckResult, CreateResult, DiffResult, ReadResult, Resource, ResourceProvider
 
-from infra.spec_model import ClusterSpec, Machine, SpecError
+from infra.machines import local, vm
+from infra.machines.errors import MachineSpecError
+from infra.machines.provider import LocalMachines, SshKey
+from infra.spec_model import ClusterSpec, Machine
 
-SSH_USER = "debian"
-# Memory (MiB) and vCPUs by the most demanding role a machine has.
+# Memory (MiB) and vCPUs by the most demanding role a VM has.
 SIZES = {"master": (2048, 2), "worker": (2048, 2), "etcd": (1024, 1), "lb": (512, 1)}
-DISK_BYTES = 20 * 1024**3
-
-
-def mac_for(address: str) -> str:
-    """A stable MAC in QEMU's 52:54:00 range, unique per address within a /8."""
-    octets = ipaddress.IPv4Address(address).packed[1:]
-    return "52:54:00:" + ":".join(f"{o:02x}" for o in octets)
+# Any change to these means a different VM: it is destroyed, then created anew.
+REPLACE_ON = ("name", "address", "cidr_prefix", "bridge", "ssh_public_key", "memory_mib", "vcpus", "uri", "pool",
+              "accel")
 
 
 def size_of(machine: Machine) -> tuple[int, int]:
     return max(SIZES[r] for r in machine.roles)
 
 
-def network_config(spec: ClusterSpec, machine: Machine) -> str:
-    """cloud-init network config v2: the spec address, the host as gateway and resolver."""
-    return yaml.safe_dump(
-        {
-            "version": 2,
-            "ethernets": {
-                "primary": {
-                    "match": {"macaddress": mac_for(machine.address)},
-                    "addresses": [f"{machine.address}/{spec.machine_cidr.prefixlen}"],
-                    "routes": [{"to": "default", "via": spec.host_address}],
-                    "nameservers": {"addresses": [spec.host_address]},
-                }
-            },
-        },
-        sort_keys=False,
-    )
+NUMBERS = ("cidr_prefix", "memory_mib", "vcpus")
 
 
-def user_data(machine: Machine, public_key: str) -> str:
-    body = {
-        "hostname": machine.name,
-        "preserve_hostname": False,
-        "users": [
-            {
-                "name": SSH_USER,
-                "sudo": "ALL=(ALL) NOPASSWD:ALL",
-                "shell": "/bin/bash",
-                "ssh_authorized_keys": [public_key],
-            }
-        ],
-        "ssh_pwauth": False,
-    }
-    return "#cloud-config\n" + yaml.safe_dump(body, sort_keys=False)
+def _spec(props: dict[str, Any]) -> vm.VmSpec:
+    # Pulumi hands numbers to a dynamic provider as floats.
+    return vm.VmSpec(**{k: int(props[k]) if k in NUMBERS else props[k] for k in REPLACE_ON})
 
 
-@dataclass
-class LibvirtMachinesArgs:
+class LibvirtMachineProvider(ResourceProvider):
+    """Creates, reads and deletes one VM through infra.machines.vm."""
+
+    def check(self, _olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
+        if not all(isinstance(news.get(k), (str, int, float)) for k in REPLACE_ON):
+            return CheckResult(news, [])  # the key is unknown until it exists (preview); checked at create
+        try:
+            _spec(news)
+        except MachineSpecError as e:
+            return CheckResult(news, [CheckFailure("name", str(e))])
+        return CheckResult(news, [])
+
+    def create(self, props: dict[str, Any]) -> CreateResult:
+        host_key = vm.create(_spec(props), props["ssh_private_key"])
+        return CreateResult(id_=props["name"], outs={**{k: props[k] for k in REPLACE_ON}, "ssh_host_key": host_key})
+
+    def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
+        # A VM that is not running is reported gone, so `pulumi up --refresh` boots it again from its disk.
+        if vm.status(id_) != "running":
+            return ReadResult(id_="", outs={})
+        return ReadResult(id_=id_, outs={**props, "ssh_host_key": vm.ssh_host_key(id_)})
+
+    def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
+        replaces = [k for k in REPLACE_ON if olds.get(k) != news.get(k)]
+        return DiffResult(changes=bool(replaces), replaces=replaces,
+                          stables=[] if replaces else list(REPLACE_ON), delete_before_replace=True)
+
+    def delete(self, id_: str, props: dict[str, Any]) -> None:
+        vm.destroy(id_, props.get("uri"))
+
+
+@dataclass(frozen=True)
+class LibvirtMachineArgs:
     spec: ClusterSpec
+    machine: Machine
     ssh_public_key: pulumi.Input[str]
-    ssh_private_key: pulumi.Input[str]
+    ssh_private_key: pulumi.Input[str]  # used only to check that root can log in; pass a secret
 
 
-class LibvirtMachines(pulumi.ComponentResource):
-    machines: pulumi.Output[list]
-    images_from_host = True  # the host is .1 of the NAT network, where the registry mirror listens
-    ssh_user: pulumi.Output[str]
-    ssh_private_key: pulumi.Output[str]
+class LibvirtMachine(Resource):
+    """A Debian VM under libvirt on this host, SSH-ready when created."""
 
-    def __init__(self, name: str, args: LibvirtMachinesArgs, opts: pulumi.ResourceOptions | None = None):
-        super().__init__("pilothouse:machines:LibvirtMachines", name, None, opts)
-        spec = args.spec
-        if spec.backend != "libvirt":
-            raise SpecError(
-                [f"pilothouse:backend is {spec.backend!r}; LibvirtMachines builds only backend 'libvirt'"]
-            )
-        provider = libvirt.Provider(
-            f"{name}-provider", uri=spec.libvirt.uri, opts=pulumi.ResourceOptions(parent=self)
-        )
-        child = pulumi.ResourceOptions(parent=self, provider=provider)
+    ssh_host_key: pulumi.Output[str]
 
-        network = libvirt.Network(
-            f"{name}-network",
-            name=spec.name,
-            mode="nat",
-            addresses=[str(spec.machine_cidr)],
-            dhcp=libvirt.NetworkDhcpArgs(enabled=False),
-            dns=libvirt.NetworkDnsArgs(enabled=True, local_only=False),
-            autostart=True,
-            opts=child,
-        )
-        base = libvirt.Volume(
-            f"{name}-base",
-            name=f"{spec.name}-base.qcow2",
-            pool=spec.libvirt.pool,
-            source=spec.libvirt.image,
-            format="qcow2",
-            opts=child,
-        )
+    def __init__(self, resource_name: str, args: LibvirtMachineArgs, opts: pulumi.ResourceOptions | None = None):
+        spec, m = args.spec, args.machine
+        memory, vcpus = size_of(m)
+        props = {"name": m.name, "address": m.address, "cidr_prefix": spec.machine_cidr.prefixlen,
+                 "bridge": local.bridge_name(spec.name), "ssh_public_key": args.ssh_public_key,
+                 "memory_mib": memory, "vcpus": vcpus, "uri": spec.libvirt.uri, "pool": spec.libvirt.pool,
+                 "accel": spec.libvirt.accel, "ssh_private_key": pulumi.Output.secret(args.ssh_private_key),
+                 "ssh_host_key": None}
+        super().__init__(LibvirtMachineProvider(), resource_name, props, opts)
 
-        domains = []
-        for m in spec.machines:
-            disk = libvirt.Volume(
-                f"{name}-{m.name}-disk",
-                name=f"{m.name}.qcow2",
-                pool=spec.libvirt.pool,
-                base_volume_id=base.id,
-                size=DISK_BYTES,
-                format="qcow2",
-                opts=child,
-            )
-            seed = libvirt.CloudInitDisk(
-                f"{name}-{m.name}-cloudinit",
-                name=f"{m.name}-cloudinit.iso",
-                pool=spec.libvirt.pool,
-                user_data=pulumi.Output.from_input(args.ssh_public_key).apply(
-                    lambda key, m=m: user_data(m, key)
-                ),
-                meta_data=yaml.safe_dump({"instance-id": m.name, "local-hostname": m.name}),
-                network_config=network_config(spec, m),
-                opts=child,
-            )
-            memory, vcpu = size_of(m)
-            domains.append(
-                libvirt.Domain(
-                    f"{name}-{m.name}",
-                    name=m.name,
-                    memory=memory,
-                    vcpu=vcpu,
-                    cloudinit=seed.id,
-                    disks=[libvirt.DomainDiskArgs(volume_id=disk.id)],
-                    network_interfaces=[
-                        libvirt.DomainNetworkInterfaceArgs(network_id=network.id, mac=mac_for(m.address))
-                    ],
-                    # Debian's cloud kernels log to the serial console and stall at boot without one.
-                    consoles=[libvirt.DomainConsoleArgs(type="pty", target_port="0", target_type="serial")],
-                    autostart=True,
-                    opts=child,
-                )
-            )
 
-        self.machines = pulumi.Output.all(*[d.id for d in domains]).apply(
-            lambda _: [
-                {"name": m.name, "roles": list(m.roles), "address": m.address, "ssh_address": m.address,
-                 "ssh_user": SSH_USER, "ssh_key_file": "", "jump_host": "", "ssh_host_key": ""}
-                for m in spec.machines
-            ]
-        )
-        self.ssh_user = pulumi.Output.from_input(SSH_USER)
-        self.ssh_private_key = pulumi.Output.secret(args.ssh_private_key)
-        self.register_outputs(
-            {
-                "machines": self.machines,
-                "ssh_user": self.ssh_user,
-                "ssh_private_key": self.ssh_private_key,
-            }
-        )
+class LibvirtMachines(LocalMachines):
+    """Every machine of the spec, as a VM when `libvirtMachines` selects it, else as a local machine;
+    all on the cluster's bridge (the host is its .1, where the registry mirror listens), sharing one SSH key."""
+
+    TYPE = "pilothouse:machines:LibvirtMachines"
+
+    def _machine(self, resource_name: str, spec: ClusterSpec, machine: Machine, key: SshKey,
+                 opts: pulumi.ResourceOptions) -> Resource:
+        if not spec.libvirt.is_vm(machine):
+            return super()._machine(resource_name, spec, machine, key, opts)
+        return LibvirtMachine(resource_name, LibvirtMachineArgs(spec, machine, key.public_key, key.private_key),
+                              opts=opts)

@@ -23,25 +23,22 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import time
-import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator, Literal
 
 import paramiko
 
-from infra.machines import host, keys
+from infra.machines import guest, host, keys
 from infra.machines.errors import (HostSetupError, MachineConflictError, MachineError, MachineNotReadyError,
                                    MachineSpecError)
 from infra.machines.rootfs import ensure_base_rootfs
 
 STATE_ROOT = Path(os.environ.get("PILOTHOUSE_MACHINES", "/var/lib/pilothouse/machines"))
 BOOT_TIMEOUT = 120.0
-STOP_TIMEOUT = 15.0
 
 Status = Literal["running", "stopped", "absent"]
 
@@ -157,7 +154,7 @@ def machine_dir(name: str) -> Path:
 
 
 @contextlib.contextmanager
-def _host_lock() -> Iterator[None]:
+def host_lock() -> Iterator[None]:
     """Serialise changes to shared host state (bridges, mounts, state dirs) across threads and processes."""
     STATE_ROOT.mkdir(parents=True, exist_ok=True)
     with open(STATE_ROOT / ".lock", "w") as lock:
@@ -242,7 +239,7 @@ def create(spec: MachineSpec, ssh_private_key: str, timeout: float = BOOT_TIMEOU
         host.ensure_host_packages()
         host.ensure_host_sysctls()
         base = ensure_base_rootfs()
-        with _host_lock():
+        with host_lock():
             if fresh:
                 _prepare(spec, base)
             else:
@@ -266,33 +263,16 @@ def _prepare(spec: MachineSpec, base: Path) -> None:
     d = machine_dir(spec.name)
     for sub in ("upper", "work", "rootfs", "containerd"):
         (d / sub).mkdir(parents=True, exist_ok=True)
-    host_key = keys.generate_ed25519(comment=f"root@{spec.name}")
     _mount_overlay(spec.name, base)
-    root = d / "rootfs"
-    _write(root / "etc/hostname", f"{spec.name}\n")
-    _write(root / "etc/hosts", f"127.0.0.1 localhost\n{spec.address} {spec.name}\n"
-                               "::1 localhost ip6-localhost ip6-loopback\n")
-    _write(root / "etc/machine-id", uuid.uuid4().hex + "\n", 0o444)
-    # Static address, no gateway: machines reach the bridge network and nothing beyond it.
-    _write(root / "etc/systemd/network/10-host0.network",
-           f"[Match]\nName=host0\n\n[Network]\nAddress={spec.address}/{spec.cidr_prefix}\n"
-           "LinkLocalAddressing=no\nIPv6AcceptRA=no\n")
-    _write(root / "root/.ssh/authorized_keys", spec.ssh_public_key.strip() + "\n", 0o600)
-    (root / "root/.ssh").chmod(0o700)
-    _write(root / "etc/ssh/ssh_host_ed25519_key", host_key.private_key, 0o600)
-    _write(root / "etc/ssh/ssh_host_ed25519_key.pub", host_key.public_key + "\n")
+    host_key = guest.write_identity(d / "rootfs", spec.name, spec.address, spec.cidr_prefix, "host0",
+                                    spec.ssh_public_key)
     # Written last: a machine without spec.json is one whose preparation never finished (a run killed in
     # the middle), which the next create prepares again from the start instead of booting it half-made.
     spec_file = d / "spec.json.new"
-    spec_file.write_text(json.dumps({"spec": asdict(spec), "ssh_host_key": host_key.public_key, "base": str(base)},
+    spec_file.write_text(json.dumps({"spec": asdict(spec), "ssh_host_key": host_key, "base": str(base)},
                                     indent=2))
     spec_file.rename(d / "spec.json")
 
-
-def _write(path: Path, text: str, mode: int = 0o644) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    path.chmod(mode)
 
 
 def _mount_overlay(name: str, base: Path) -> None:
@@ -326,56 +306,13 @@ def _launch(spec: MachineSpec) -> None:
     while not _nspawn_pid(spec.name):
         if time.monotonic() > deadline:
             raise MachineNotReadyError(f"systemd-nspawn for {spec.name} did not start; see {d / 'console.log'}:\n"
-                                       f"{_tail(d / 'console.log')}")
+                                       f"{guest.tail(d / 'console.log')}")
         time.sleep(0.02)
 
 
 def _wait_ready(state: MachineState, pkey: paramiko.PKey, timeout: float) -> None:
-    """Wait until root logs in over SSH (host key pinned) and systemd says the boot is finished."""
-    deadline = time.monotonic() + timeout
-    last = "no answer on port 22"
-    while time.monotonic() < deadline:
-        if not _nspawn_pid(state.name):
-            raise MachineNotReadyError(f"machine {state.name} stopped while booting; last lines of "
-                                       f"{state.console_log}:\n{_tail(state.console_log)}")
-        attempt = min(5.0, max(deadline - time.monotonic(), 0.01))  # never wait past the deadline
-        try:
-            result = _ssh_run(state, pkey, "systemctl is-system-running", timeout=attempt)
-        except (OSError, paramiko.SSHException) as e:
-            last = f"ssh: {e}"
-            time.sleep(0.2)
-            continue
-        if result in ("running", "degraded"):
-            return
-        last = f"systemctl is-system-running: {result}"
-        time.sleep(0.2)
-    raise MachineNotReadyError(f"machine {state.name} at {state.address} not ready after {timeout:.0f}s "
-                               f"({last}); see {state.console_log}:\n{_tail(state.console_log)}")
-
-
-def _ssh_run(state: MachineState, pkey: paramiko.PKey, command: str, timeout: float) -> str:
-    client = paramiko.SSHClient()
-    client.get_host_keys().add(state.address, *_host_key_entry(state.ssh_host_key))
-    client.set_missing_host_key_policy(paramiko.RejectPolicy())
-    try:
-        client.connect(state.address, username="root", pkey=pkey, timeout=timeout, banner_timeout=timeout,
-                       auth_timeout=timeout, allow_agent=False, look_for_keys=False)
-        _, stdout, _ = client.exec_command(command, timeout=timeout)
-        return stdout.read().decode().strip()
-    finally:
-        client.close()
-
-
-def _host_key_entry(line: str) -> tuple[str, paramiko.PKey]:
-    key = keys.host_key_from_line(line)
-    return key.get_name(), key
-
-
-def _tail(path: Path, lines: int = 20) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no console log)"
+    guest.wait_booted(state.name, state.address, state.ssh_host_key, pkey, timeout,
+                      lambda: _nspawn_pid(state.name) is not None, state.console_log)
 
 
 def _keep_failed_console(name: str) -> None:
@@ -391,12 +328,13 @@ def _keep_failed_console(name: str) -> None:
 def destroy(name: str) -> None:
     """Remove a machine completely: processes, cgroups, mounts, state dir, and its bridge if now unused.
 
-    Idempotent: destroying an absent machine does nothing.
+    Idempotent: destroying an absent machine does nothing. The machine is stopped at once rather than shut
+    down: its disk goes with it, so nothing in it has state worth a clean shutdown.
     """
     host.require_root()
     loaded = _load(name)
-    _poweroff(name)
-    with _host_lock():
+    trash = None
+    with host_lock():
         _stop_leftovers(name)
         d = machine_dir(name)
         _remove_nspawn_lock(d / "rootfs")
@@ -404,12 +342,17 @@ def destroy(name: str) -> None:
             host.run(["umount", mount], f"unmounting {mount}",
                      f"Something still uses it; check `fuser -vm {mount}`.")
         if d.exists():
-            shutil.rmtree(d)
+            # Renamed under the lock, deleted outside it: machines destroyed together delete their files
+            # (images, logs) side by side instead of one after another.
+            trash = STATE_ROOT / f".trash-{name}-{os.getpid()}-{time.monotonic_ns()}"
+            d.rename(trash)
         if loaded is not None:
             bridge = loaded[0].bridge
             if not any(m.spec.bridge == bridge for m in list_machines()):
-                _wait_for_empty_bridge(bridge)
+                wait_for_empty_bridge(bridge)
                 host.remove_bridge_if_unused(bridge)
+    if trash is not None:
+        shutil.rmtree(trash)
 
 
 def pull_plug(name: str) -> None:
@@ -420,17 +363,6 @@ def pull_plug(name: str) -> None:
     if _nspawn_pid(name) is None:
         raise MachineError(f"machine {name} is not running")
     host.kill_machine_processes(name)
-
-
-def _poweroff(name: str) -> None:
-    """Ask systemd in the machine to shut down cleanly (nspawn turns SIGTERM into a poweroff)."""
-    pid = _nspawn_pid(name)
-    if pid is None:
-        return
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + STOP_TIMEOUT
-    while _nspawn_pid(name) and time.monotonic() < deadline:
-        time.sleep(0.1)
 
 
 def _stop_leftovers(name: str) -> None:
@@ -458,7 +390,7 @@ def _mounts_under(path: Path) -> list[str]:
     return sorted({m for m in mounts if m.startswith(prefix)}, key=len, reverse=True)
 
 
-def _wait_for_empty_bridge(bridge: str, timeout: float = 5.0) -> None:
+def wait_for_empty_bridge(bridge: str, timeout: float = 5.0) -> None:
     # The kernel removes a dead machine's veth asynchronously, moments after its namespace goes.
     deadline = time.monotonic() + timeout
     while host.bridge_members(bridge) and time.monotonic() < deadline:
@@ -473,8 +405,8 @@ def _cli_key() -> keys.KeyPair:
     if not path.exists():
         pair = keys.generate_ed25519("pilothouse-cli")
         path.parent.mkdir(parents=True, exist_ok=True)
-        _write(path, pair.private_key, 0o600)
-        _write(path.with_suffix(".pub"), pair.public_key + "\n")
+        guest.write(path, pair.private_key, 0o600)
+        guest.write(path.with_suffix(".pub"), pair.public_key + "\n")
     return keys.KeyPair(path.read_text(), path.with_suffix(".pub").read_text().strip())
 
 

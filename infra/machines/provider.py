@@ -16,7 +16,7 @@ from pulumi.dynamic import (CheckFailure, CheckResult, CreateResult, DiffResult,
 
 from infra.machines import keys, local
 from infra.machines.errors import MachineSpecError
-from infra.spec_model import ClusterSpec
+from infra.spec_model import ClusterSpec, Machine
 
 # Any change to these means a different machine: it is destroyed, then created anew.
 REPLACE_ON = ("name", "address", "cidr", "bridge", "ssh_public_key")
@@ -147,22 +147,18 @@ class SshKey(Resource):
 
 class LocalMachines(pulumi.ComponentResource):
     """Every machine of the spec as a systemd-nspawn machine on this host, on the cluster's own bridge,
-    sharing one SSH key."""
+    sharing one SSH key. Subclasses choose another kind of machine for some of them (`_machine`)."""
 
+    TYPE = "pilothouse:machines:LocalMachines"
     machines: pulumi.Output[list]
     ssh_private_key: pulumi.Output[str]
     images_from_host = True
 
     def __init__(self, name: str, spec: ClusterSpec, opts: pulumi.ResourceOptions | None = None):
-        super().__init__("pilothouse:machines:LocalMachines", name, None, opts)
+        super().__init__(self.TYPE, name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
         key = SshKey(f"{name}-ssh", comment=f"pilothouse-{spec.name}", opts=child)
-        booted = [
-            LocalMachine(f"{name}-{m.name}", LocalMachineArgs(
-                name=m.name, address=m.address, cidr=str(spec.machine_cidr), bridge=local.bridge_name(spec.name),
-                ssh_public_key=key.public_key, ssh_private_key=key.private_key), opts=child)
-            for m in spec.machines
-        ]
+        booted = [self._machine(f"{name}-{m.name}", spec, m, key, child) for m in spec.machines]
         # Known once every machine answers SSH, so whatever reads them waits for the machines.
         self.machines = pulumi.Output.all(*[b.ssh_host_key for b in booted]).apply(lambda host_keys: [
             {"name": m.name, "roles": list(m.roles), "address": m.address, "ssh_address": m.address,
@@ -170,3 +166,10 @@ class LocalMachines(pulumi.ComponentResource):
             for m, host_key in zip(spec.machines, host_keys)])
         self.ssh_private_key = key.private_key
         self.register_outputs({"machines": self.machines, "ssh_private_key": self.ssh_private_key})
+
+    def _machine(self, resource_name: str, spec: ClusterSpec, machine: Machine, key: SshKey,
+                 opts: pulumi.ResourceOptions) -> Resource:
+        return LocalMachine(resource_name, LocalMachineArgs(
+            name=machine.name, address=machine.address, cidr=str(spec.machine_cidr),
+            bridge=local.bridge_name(spec.name), ssh_public_key=key.public_key, ssh_private_key=key.private_key),
+            opts=opts)
