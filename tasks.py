@@ -35,16 +35,18 @@ def deps(c, quiet=False):
 
 @task(help={"list": "print name, version, sha256 and path of every artifact",
             "export": "also copy the whole set into this directory (for an offline site)",
-            "missing": "build nothing: list what is not built yet (exit 1 if anything is)"})
-def artifacts(c, list=False, export=None, missing=False):  # noqa: A002 - `--list` is the flag users expect
+            "missing": "build nothing: list what is not built yet (exit 1 if anything is)",
+            "jobs": "builds side by side (default: 2 when memory allows, else 1)"})
+def artifacts(c, list=False, export=None, missing=False, jobs=0):  # noqa: A002 - `--list` is the flag users expect
     """Build (or fetch, per infra/artifacts/lock.yaml) every pinned binary and image, and the machines' base
-    rootfs, into ~/.cache/pilothouse, printing [done/total], what is building and for how long.
+    rootfs, into ~/.cache/pilothouse, two at a time, printing [done/total], what is building and for how long.
 
     The first run compiles Kubernetes, etcd, CoreDNS, the Pulumi CLI, the kubernetes provider and the add-ons
     from Go modules (about 35 minutes on 2 cores); later runs reuse the cache and take seconds. `up`, `test`
     and `ci-up` run this first; `preview` never builds."""
     deps(c, quiet=True)
     flags = (" --list" if list else "") + (f" --export {export}" if export else "") + (" --missing" if missing else "")
+    flags += f" --jobs {jobs}" if jobs else ""
     result = c.run(f"{sys.executable} -m infra.artifacts{flags}", warn=True, pty=False)
     if result.failed:
         raise Exit("some artifacts are not built yet: run `invoke artifacts`" if missing else

@@ -1,67 +1,39 @@
-"""`python -m infra.artifacts [--list] [--export DIR] [--missing]`: build or fetch every pinned artifact, every
-image and the local machines' base rootfs, one at a time, saying which one is building, for how long, and
-how many are done."""
+"""`python -m infra.artifacts [--list] [--export DIR] [--missing] [--jobs N]`: build or fetch every pinned
+artifact, every image and the local machines' base rootfs, up to N at a time (infra/artifacts/buildplan.py),
+saying which ones are building, for how long, and how many are done."""
 import argparse
 import sys
-import threading
 import time
 from pathlib import Path
 
 from infra.machines import rootfs
 from infra.machines.errors import MachineError
 
-from . import ArtifactError, ensure_go, export_bundle, images, load_lock, missing
-
-HEARTBEAT = 30.0  # seconds between "still building" lines while one long build runs
+from . import ArtifactError, buildplan, ensure_go, export_bundle, images, load_lock, missing
 
 
 def _say(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+    sys.stderr.write(msg + "\n")  # one write per line: builds running side by side log from their own threads
+    sys.stderr.flush()
 
 
-def _minutes(seconds: float) -> str:
-    return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
+def build_all(jobs: int) -> list:
+    """Every step of the plan; returns the Go artifacts' entries in lock order."""
+    lock, spec = load_lock(), images.load_spec()
 
+    def build(step: buildplan.Step, log) -> object:
+        if step.kind == "go":
+            return ensure_go(step.name, lock, log=log)
+        if step.kind == "image":
+            return images.ensure_images([step.name], spec, log=log)
+        if not rootfs.base_rootfs_path().is_dir():
+            log("debootstrap of the machines' base (about 1 minute)")
+            rootfs.ensure_base_rootfs()
+        return None
 
-def build_all() -> list:
-    """Every Go artifact, then every image family, with a [done/total] count and a heartbeat."""
-    lock = load_lock()
-    spec = images.load_spec()
-    steps = [("go", name, lock["go"][name]["version"]) for name in lock["go"]]
-    steps += [("image", name, spec["families"][name]["version"]) for name in spec["families"]]
-    steps.append(("rootfs", "machine base", rootfs.SUITE))
-    entries = []
-    current = {"what": "", "since": time.monotonic()}
-    stop = threading.Event()
-
-    def heartbeat() -> None:
-        while not stop.wait(HEARTBEAT):
-            _say(f"  ... still building {current['what']} ({_minutes(time.monotonic() - current['since'])})")
-
-    ticker = threading.Thread(target=heartbeat, daemon=True)
-    ticker.start()
-    try:
-        for number, (kind, name, version) in enumerate(steps, start=1):
-            current.update(what=f"{name} {version}", since=time.monotonic())
-            built = []  # a builder logs only when it builds something
-
-            def log(msg: str) -> None:
-                built.append(msg)
-                _say(f"  {msg}")
-
-            if kind == "go":
-                entries.append(ensure_go(name, lock, log=log))
-            elif kind == "image":
-                images.ensure_images([name], spec, log=log)
-            elif not rootfs.base_rootfs_path().is_dir():
-                log("debootstrap of the machines' base (about 2 minutes)")
-                rootfs.ensure_base_rootfs()
-            took = time.monotonic() - current["since"]
-            state = f"built in {_minutes(took)}" if built else "cached"
-            _say(f"[{number}/{len(steps)}] {kind} {name} {version}: {state}")
-    finally:
-        stop.set()
-    return entries
+    steps = buildplan.plan(lock["go"], spec["families"], rootfs.SUITE)
+    done = buildplan.run(steps, build, jobs, _say, errors=(ArtifactError, MachineError))
+    return [done[f"go:{name}"] for name in lock["go"]]
 
 
 def main() -> int:
@@ -70,7 +42,11 @@ def main() -> int:
     parser.add_argument("--export", type=Path, metavar="DIR", help="also copy everything into DIR for offline use")
     parser.add_argument("--missing", action="store_true",
                         help="build nothing: print what is not built yet and exit 1 if anything is")
+    parser.add_argument("--jobs", type=int, default=buildplan.default_jobs(), metavar="N",
+                        help="builds side by side (default here: %(default)s, from the memory)")
     args = parser.parse_args()
+    if args.jobs < 1:
+        parser.error("--jobs must be 1 or more")
     if args.missing:
         absent = missing() + images.missing()
         if not rootfs.base_rootfs_path().is_dir():
@@ -80,7 +56,7 @@ def main() -> int:
         return 1 if absent else 0
     started = time.monotonic()
     try:
-        entries = build_all()
+        entries = build_all(args.jobs)
     except (ArtifactError, MachineError) as exc:
         _say(f"error: {exc}")
         return 1
@@ -90,7 +66,7 @@ def main() -> int:
                 print(f"{name:<26} {entry.version:<10} {digest}  {entry.file(name)}")
     if args.export:
         _say(f"bundle written to {export_bundle(entries, args.export)}")
-    _say(f"artifacts ready in {_minutes(time.monotonic() - started)}")
+    _say(f"artifacts ready in {buildplan.minutes(time.monotonic() - started)}")
     return 0
 
 
