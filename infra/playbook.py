@@ -99,6 +99,9 @@ def inventory(spec: ClusterSpec, machines: list[dict] | None = None) -> dict:
         "pilothouse_api_port": API_PORT,
         "pilothouse_api_vip": spec.vip or "",
     }
+    if spec.etcd_backup_schedule:  # without them the role's default (off) removes a timer an earlier run made
+        cluster_vars.update(etcd_backup_timer=True, etcd_backup_schedule=spec.etcd_backup_schedule,
+                            etcd_backup_retention=spec.etcd_backup_retention)
 
     def group(machines: tuple[Machine, ...]) -> dict:
         return {"hosts": {m.name: {} for m in machines}}

@@ -15,7 +15,7 @@ import math
 from collections.abc import Mapping
 
 from infra.spec_checks import (
-    check_aws, check_counts, check_libvirt, check_name_lengths, check_scope, check_vip, libvirt_machines, machines_by_role, network,
+    check_aws, check_backup_schedule, check_counts, check_libvirt, check_name_lengths, check_scope, check_vip, libvirt_machines, machines_by_role, network,
 )
 from infra.spec_hosts import existing_hosts
 from infra.spec_model import (
@@ -274,6 +274,8 @@ def _build(cfg: Mapping[str, object], problems: list[str]) -> ClusterSpec:
     elif not existing and usable("vip", "lbs") and counts_ok:
         check_vip(vip, v["lbs"], machine_net, machines, problems)
 
+    if usable("etcdBackupSchedule", "etcdBackupRetention"):
+        check_backup_schedule(v["etcdBackupSchedule"], v["etcdBackupRetention"], problems)
     if usable("backend") and backend == "aws":
         check_aws(v, usable, problems)
     if usable("backend") and backend == "libvirt":
@@ -296,5 +298,7 @@ def _build(cfg: Mapping[str, object], problems: list[str]) -> ClusterSpec:
         libvirt=LibvirtOptions(uri=v["libvirtUri"], pool=v["libvirtPool"], machines=libvirt_machines(v["libvirtMachines"]),
                                accel=v["libvirtAccel"]),
         ssh_access=ssh_access,
+        etcd_backup_schedule=v["etcdBackupSchedule"],
+        etcd_backup_retention=v["etcdBackupRetention"],
     )
 

@@ -1,10 +1,13 @@
-"""The cluster spec's checks of networks, machine counts, names, the VIP and the aws and libvirt options: each appends
+"""The cluster spec's checks of networks, machine counts, names, the VIP, the backup schedule and the aws and libvirt
+options: each appends
 what is wrong, with the fix, to `problems`, so one run reports every problem (infra/spec.py calls them)."""
 from __future__ import annotations
 
 import functools
 import ipaddress
 import re
+import shutil
+import subprocess
 from collections import Counter
 from collections.abc import Callable
 
@@ -278,3 +281,23 @@ def check_libvirt(v: dict, usable: Callable[..., bool], problems: list[str], mac
             f"pilothouse:libvirtAccel {v['libvirtAccel']!r} must be kvm (hardware virtualisation) or tcg (qemu's "
             "emulator, for hosts without usable KVM)"
         )
+
+
+# What an OnCalendar expression is made of; anything else (quotes, newlines) would break the unit file.
+CALENDAR_CHARS = re.compile(r"^[A-Za-z0-9 *:,./~+-]+$")
+
+
+def check_backup_schedule(schedule: str, retention: int, problems: list[str]) -> None:
+    if retention < 1:
+        problems.append(f"pilothouse:etcdBackupRetention is {retention}; each member must keep at least 1 snapshot")
+    if not schedule:
+        return
+    fix = "use a systemd OnCalendar expression such as hourly, daily or '*-*-* 00/6:00:00'"
+    if not CALENDAR_CHARS.match(schedule):
+        problems.append(f"pilothouse:etcdBackupSchedule {schedule!r} is not a calendar expression; {fix}")
+        return
+    # The machines' systemd reads it; this host's parses it the same way, before anything is made.
+    if shutil.which("systemd-analyze"):
+        proc = subprocess.run(["systemd-analyze", "calendar", schedule], capture_output=True, text=True)
+        if proc.returncode != 0:
+            problems.append(f"pilothouse:etcdBackupSchedule {schedule!r}: {proc.stderr.strip()}; {fix}")

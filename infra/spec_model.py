@@ -77,6 +77,10 @@ KEYS: dict[str, Key] = {
         int, 1, "Load balancers (haproxy) in front of the API servers; 2 or more share a keepalived vip."
     ),
     "etcdNodes": Key(int, 0, "External etcd members; 0 runs etcd stacked on every master."),
+    "etcdBackupSchedule": Key(
+        str, "", "Verified etcd snapshots on every member on this systemd OnCalendar schedule (e.g. hourly); empty: none."
+    ),
+    "etcdBackupRetention": Key(int, 5, "How many scheduled snapshots each etcd member keeps (the newest)."),
     "vip": Key(str, "", "Virtual API address held by keepalived; required with 2+ lbs, inside machineCidr."),
     "kubernetesVersion": Key(
         str, "", "Kubernetes version; empty means the one pinned in infra/artifacts/lock.yaml."
@@ -174,6 +178,9 @@ class ClusterSpec:
     libvirt: LibvirtOptions
     # Backend existing: each host's SSH access, in machine order; empty for the backends that make machines.
     ssh_access: tuple[tuple[str, SshAccess], ...] = ()
+    # Scheduled snapshots on every etcd member (systemd OnCalendar; "" for none) and how many each keeps.
+    etcd_backup_schedule: str = ""
+    etcd_backup_retention: int = 5
 
     def access(self, name: str) -> SshAccess | None:
         return dict(self.ssh_access).get(name)

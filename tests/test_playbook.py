@@ -11,6 +11,7 @@ import threading
 import time
 
 import pytest
+import yaml
 
 from infra import known_hosts, playbook
 from infra.spec import from_config
@@ -67,6 +68,14 @@ def test_inventory_carries_only_what_the_roles_read():
         "pilothouse_service_cidr",
     ]
     assert "ansible_user" not in inv["vars"]  # only when asked for
+
+
+def test_a_backup_schedule_turns_the_etcd_roles_timer_on_with_its_retention():
+    scheduled = playbook.inventory(from_config({"etcdBackupSchedule": "daily", "etcdBackupRetention": 2}))["all"]
+    assert {k: v for k, v in scheduled["vars"].items() if k.startswith("etcd_backup")} == {
+        "etcd_backup_timer": True, "etcd_backup_schedule": "daily", "etcd_backup_retention": 2}
+    role = yaml.safe_load((playbook.ROLES / "etcd" / "defaults" / "main.yml").read_text())
+    assert role["etcd_backup_timer"] is False  # what a cluster without a schedule gets
 
 
 def test_inventory_with_external_etcd_lists_etcd_machines_only():

@@ -211,6 +211,15 @@ def test_unknown_backend_lists_the_valid_ones():
     refused({"backend": "gce"}, "'gce' is unknown", "local, existing, libvirt, aws")
 
 
+def test_a_backup_schedule_systemd_cannot_read_and_a_retention_below_one_are_refused():
+    refused({"etcdBackupSchedule": "every tuesday"}, "pilothouse:etcdBackupSchedule 'every tuesday'",
+            "Failed to parse calendar", "OnCalendar expression such as hourly")
+    refused({"etcdBackupSchedule": "daily\nExecStart=/bin/sh"}, "is not a calendar expression")
+    refused({"etcdBackupSchedule": "daily", "etcdBackupRetention": 0}, "keep at least 1 snapshot")
+    spec = from_config({"etcdBackupSchedule": "*-*-* 00/6:00:00", "etcdBackupRetention": 2})
+    assert (spec.etcd_backup_schedule, spec.etcd_backup_retention) == ("*-*-* 00/6:00:00", 2)
+
+
 def test_unknown_kubernetes_version_lists_the_known_ones():
     refused({"kubernetesVersion": "v1.29.0"}, "not pinned in infra/artifacts/lock.yaml", "known: v1.34.4")
 
