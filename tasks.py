@@ -42,7 +42,7 @@ def artifacts(c, list=False, export=None, missing=False, jobs=0):  # noqa: A002 
     rootfs, into ~/.cache/pilothouse, two at a time, printing [done/total], what is building and for how long.
 
     The first run compiles Kubernetes, etcd, CoreDNS, the Pulumi CLI, the kubernetes provider and the add-ons
-    from Go modules (about 35 minutes on 2 cores); later runs reuse the cache and take seconds. `up`, `test`
+    from Go modules (about 33 minutes on 2 cores); later runs reuse the cache and take seconds. `up`, `test`
     and `ci-up` run this first; `preview` never builds."""
     deps(c, quiet=True)
     flags = (" --list" if list else "") + (f" --export {export}" if export else "") + (" --missing" if missing else "")
@@ -59,7 +59,7 @@ def _require_artifacts(c) -> None:
     if result.failed:
         absent = result.stdout.strip().replace("\n", ", ")
         raise Exit(f"not built yet: {absent}.\nRun `invoke artifacts` first (it builds them with progress; about "
-                   "35 minutes on 2 cores when nothing is cached).", code=1)
+                   "33 minutes on 2 cores when nothing is cached).", code=1)
 
 
 def _stack(name: str):

@@ -141,12 +141,23 @@ class LiveCluster:
         return result
 
 
+def create_namespace(kubectl: kube.Kubectl, ns: str) -> None:
+    """Create `ns` and wait for its default ServiceAccount: until the controller-manager has made it, a pod
+    there is refused ("serviceaccount default not found"), which a loaded host shows."""
+    kubectl.run("create", "namespace", ns)
+    wait_for_default_account(kubectl, ns)
+
+
+def wait_for_default_account(kubectl: kube.Kubectl, ns: str) -> None:
+    kubectl.run("-n", ns, "wait", "--for=create", "serviceaccount/default", "--timeout=60s", timeout=70)
+
+
 def server_and_client(live: LiveCluster, ns: str, server_node: str, client_node: str, greeting: str) -> str:
     """In a new namespace `ns`: pod `server` (busybox httpd on :8080 answering `greeting`) on one node, pod
     `client` (sleeping, for `kubectl exec`) on another, and Service `server` (:80) in front of the first;
     returns the server pod's IP once both pods are Ready."""
     kubectl = live.kubectl
-    kubectl.run("create", "namespace", ns)
+    create_namespace(kubectl, ns)
     kubectl.run("apply", "-f", "-", input=SERVER_AND_CLIENT % {
         "ns": ns, "server_node": server_node, "client_node": client_node, "image": BUSYBOX, "greeting": greeting})
     kubectl.run("-n", ns, "wait", "--for=condition=Ready", "pod/server", "pod/client", "--timeout=180s", timeout=200)

@@ -155,6 +155,8 @@ def fill_namespace(cli: Cli, objects: str, prepare: Callable[[], None] = lambda:
     `prepare()` (the notes' own create commands), then the rest; returns once every `scn: up` pod is Ready."""
     cli("delete", "namespace", cli.ns, "--ignore-not-found", "--wait=true", ns=None, timeout=300)
     cli("create", "namespace", cli.ns, ns=None)
+    # A pod is refused until the controller-manager has made the namespace's default ServiceAccount.
+    cli("wait", "--for=create", "serviceaccount/default", "--timeout=60s")
     docs = [d for d in yaml.safe_load_all((DATA / objects).read_text()) if d]
     services = [d for d in docs if d["kind"] == "Service"]
     if services:

@@ -11,12 +11,14 @@ import datetime
 import http.client
 import ipaddress
 import json
+import re
 import socket
 import ssl
 import time
 
 import pytest
 import yaml
+from conftest import create_namespace
 
 from infra import addons, artifacts
 from infra.kube import Kubectl, KubectlError
@@ -86,7 +88,7 @@ def test_the_metallb_manifests_are_the_pinned_modules_own():
 def cluster(shared_cluster):
     """The shared cluster (tests/conftest.py), with a namespace of this module's own."""
     kube = Kubectl(shared_cluster.kubeconfig, timeout=120)
-    kube.run("create", "namespace", NS)
+    create_namespace(kube, NS)
     yield kube, shared_cluster
     kube.run("delete", "namespace", NS, "--wait=false", check=False)
 
@@ -305,4 +307,6 @@ def test_the_metrics_api_is_available_and_serves_every_node(cluster):
 
     usage = _eventually(nodes, 90)
     assert set(usage) == {n["metadata"]["name"] for n in kube.json("get", "nodes")["items"]}
-    assert all(u["cpu"].rstrip("n").isdigit() and u["memory"].endswith("Ki") for u in usage.values()), usage
+    # Quantities in their canonical form: nanocores, and bytes in the largest binary unit that is exact.
+    assert all(re.fullmatch(r"\d+n?", u["cpu"]) and re.fullmatch(r"\d+(Ki|Mi|Gi)?", u["memory"])
+               for u in usage.values()), usage

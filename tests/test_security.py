@@ -20,7 +20,7 @@ from pathlib import Path
 import ansible_runner
 import pytest
 import yaml
-from conftest import BUSYBOX
+from conftest import BUSYBOX, create_namespace, wait_for_default_account
 
 from infra import known_hosts, playbook, program, stack
 from infra.artifacts import images, registry
@@ -74,9 +74,10 @@ def eventually(check, timeout: float = 30, interval: float = 1):
 @pytest.fixture(scope="module")
 def namespaces(shared_cluster):
     kube = shared_cluster.kubectl
-    kube.run("create", "namespace", NS)
+    create_namespace(kube, NS)
     kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {
         "name": PRIVILEGED_NS, "labels": {"pod-security.kubernetes.io/enforce": "privileged"}}})
+    wait_for_default_account(kube, PRIVILEGED_NS)
     yield
     kube.run("delete", "namespace", NS, PRIVILEGED_NS, "--wait=false", check=False)
 
