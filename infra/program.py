@@ -46,8 +46,10 @@ class _RegistryProvider(dynamic.ResourceProvider):
 
     def diff(self, id_, olds, news):
         moved = olds.get("listen") != news.get("listen")
-        # `mode` is absent from the state of a registry made before it was read-only: that one is restarted.
-        changed = moved or any(olds.get(k) != news.get(k) for k in ("images", "mode"))
+        # `mode` is absent from the state of a registry made before it was read-only: that one is restarted. So
+        # is one whose process is gone (a host reboot, or a killed `up` that had started it): without it no
+        # machine pulls an image.
+        changed = moved or any(olds.get(k) != news.get(k) for k in ("images", "mode")) or not registry.answers(id_)
         return dynamic.DiffResult(changes=changed, replaces=["listen"] if moved else [])
 
     def update(self, id_, olds, news):

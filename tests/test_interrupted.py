@@ -1,20 +1,24 @@
 """A run killed in the middle (SIGKILL to the whole process group, as a closed terminal or the OOM killer does)
 leaves a stack the next run finishes without manual steps: `recovery.recover` (what `invoke up` and `invoke down`
-call first) clears the dead run's lock and pending operations, and the cut-off work is done again."""
+call first) clears the dead run's lock and pending operations, and the cut-off work is done again. Killed while
+machines are created or deleted (the machines-only program), and in the middle of the playbook (the whole
+program on a 1-master, 1-worker cluster without samples)."""
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
 from conftest import cluster_network
-from infra import recovery, stack
+from infra import kube, playbook, program, recovery, spec as spec_mod, stack
 from infra.machines import local
 from test_pulumi_machines import host_leftovers, ssh_hostname, wait_until
 
@@ -26,7 +30,7 @@ CONFIG = {"pilothouse:clusterName": NETWORK["clusterName"], "pilothouse:machineC
 NAMES = [f"{NETWORK['clusterName']}-{role}" for role in ("master-1", "worker-1", "worker-2")]
 STACK = "interrupted-test"
 
-# The run to kill: the same machines-only program, in a process group of its own.
+# The runs to kill, each in a process group of its own: the machines-only program, and the whole one.
 RUNNER = """
 import sys
 from pathlib import Path
@@ -35,12 +39,27 @@ from infra import stack
 from test_pulumi_machines import machines_only
 getattr(stack.select_stack({stack!r}, machines_only, Path({state!r})), {verb!r})()
 """
+FULL_RUNNER = """
+import sys
+from pathlib import Path
+sys.path[:0] = [{repo!r}]
+from infra import program, spec, stack
+
+def run():
+    program.build(spec.from_pulumi_config(), manifests_dir=Path({manifests!r}))
+
+stack.select_stack({stack!r}, run, Path({state!r})).up()
+"""
+FULL_CONFIG = {**CONFIG, "pilothouse:workers": "1"}
+FULL_NAMES = NAMES[:2]
+FULL_STACK = "interrupted-playbook-test"
 
 
-def start_and_kill(verb: str, state: Path, log: Path, when) -> None:
-    """Run `pulumi <verb>` in its own process group and SIGKILL the whole group as soon as `when()` holds."""
-    script = RUNNER.format(repo=str(stack.REPO), tests=str(Path(__file__).parent), stack=STACK, state=str(state),
-                           verb=verb)
+def start_and_kill(verb: str, state: Path, log: Path, when, script: str | None = None) -> None:
+    """Run `pulumi <verb>` (the machines-only program, or `script`) in its own process group and SIGKILL the
+    whole group as soon as `when()` holds."""
+    script = script or RUNNER.format(repo=str(stack.REPO), tests=str(Path(__file__).parent), stack=STACK,
+                                     state=str(state), verb=verb)
     with open(log, "w") as out:
         run = subprocess.Popen([sys.executable, "-c", script], stdout=out, stderr=subprocess.STDOUT,
                                start_new_session=True)
@@ -115,3 +134,53 @@ def test_a_killed_up_and_a_killed_destroy_are_finished_by_the_next_run(tmp_path)
         for name in NAMES:
             local.destroy(name)
         st.workspace.remove_stack(STACK)  # and its Pulumi.<stack>.yaml in the checkout
+
+
+def playing(runs: Path, play: str) -> bool:
+    """Whether a playbook run under `runs` (ansible-runner's artifact directories) has reached `play`."""
+    return any(play in out.read_text(errors="replace") for out in runs.glob("*/stdout"))
+
+
+def test_an_up_killed_in_the_middle_of_the_playbook_is_finished_by_the_next_run(tmp_path):
+    state, manifests = tmp_path / "state", tmp_path / "workloads"
+    manifests.mkdir()
+    cluster = NETWORK["clusterName"]
+    runs = playbook.cluster_dir(cluster) / "logs" / "runs"
+    scratch = set(Path(tempfile.gettempdir()).glob("pilothouse-ansible-*"))
+
+    def whole_program():
+        program.build(spec_mod.from_pulumi_config(), manifests_dir=manifests)
+
+    st = stack.select_stack(FULL_STACK, whole_program, state, config=FULL_CONFIG)
+    try:
+        # etcd is up and the API server is being installed: the kill lands between two plays' work.
+        script = FULL_RUNNER.format(repo=str(stack.REPO), manifests=str(manifests), stack=FULL_STACK,
+                                    state=str(state))
+        start_and_kill("up", state, tmp_path / "up.log", lambda: playing(runs, "PLAY [Control plane]"),
+                       script=script)
+        cut = [out.read_text(errors="replace") for out in runs.glob("*/stdout")]
+        assert len(cut) == 1 and "PLAY RECAP" not in cut[0], "the playbook was not cut off in the middle"
+        # ansible-runner's private directory (the key, the inventory) dies with the run: nothing removes it.
+        for leftover in set(Path(tempfile.gettempdir()).glob("pilothouse-ansible-*")) - scratch:
+            shutil.rmtree(leftover)
+
+        recovered = recovery.recover(st, state)
+        assert len(recovered.locks) == 1, recovered
+        assert any(p.startswith(f"{cluster}-playbook: interrupted while creating") for p in recovered.pending), \
+            recovered.pending
+        result = st.up()
+        kubectl = kube.Kubectl(result.outputs["admin_kubeconfig"].value)
+        kubectl.run("wait", "--for=condition=Ready", "node", "--all", "--timeout=180s", timeout=200)
+        nodes = kubectl.run("get", "nodes", "-o", "name").split()
+        assert sorted(nodes) == sorted(f"node/{n}" for n in FULL_NAMES)
+        assert len(list(runs.glob("*/stdout"))) == 2
+        assert set(st.preview().change_summary) == {"same"}
+        st.destroy()
+        assert host_leftovers(FULL_NAMES, local.bridge_name(cluster)) == []
+        assert not playbook.cluster_dir(cluster).exists()
+    finally:
+        recovery.recover(st, state, say=lambda _: None)
+        st.destroy()
+        for name in FULL_NAMES:
+            local.destroy(name)
+        st.workspace.remove_stack(FULL_STACK)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from infra import addons, artifacts, playbook
+from infra import addons, artifacts, playbook, program
 from infra.artifacts import images, registry
 
 DIGEST = "sha256:" + "ab" * 32
@@ -127,3 +127,18 @@ def test_the_writable_daemon_listens_on_loopback_only_while_the_push_runs(tmp_pa
         assert request(first.endpoint, "POST", "/v2/probe/blobs/uploads/") == 202
     assert not registry.answers(first.endpoint) and not registry.answers(second.endpoint)
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["http-secret"]
+
+
+@pytest.mark.artifacts
+def test_a_registry_whose_process_is_gone_is_a_change_the_next_up_makes(tmp_path):
+    images.ensure_host_packages("docker-registry")
+    addr = f"127.0.0.1:{registry._loopback_port()}"
+    props = {"listen": addr, "images": [DIGEST], "mode": "read-only", "endpoint": addr}
+    provider = program._RegistryProvider()
+    registry.start([addr], tmp_path, readonly=True)
+    try:
+        assert not provider.diff(addr, props, props).changes
+    finally:
+        registry.stop(tmp_path, addr)
+    # Killed with the `pulumi up` that started it, or gone with a host reboot: `up` starts it again.
+    assert provider.diff(addr, props, props).changes
