@@ -123,7 +123,8 @@ def _pulumi_errors(what: str):
         raise Exit(f"{what} failed:\n" + "\n".join(errors), code=1) from None
 
 
-@task(help={"stack": "Pulumi stack (its config is Pulumi.<stack>.yaml)", "refresh": "refresh state first"})
+@task(help={"stack": "Pulumi stack (its config is Pulumi.<stack>.yaml)",
+            "refresh": "first refresh the machines and the registry (after a reboot or a lost machine)"})
 def up(c, stack="dev", refresh=False):
     """Bring up the cluster described by the stack config (machines, registry, playbook): `pulumi up`."""
     import threading
@@ -137,7 +138,9 @@ def up(c, stack="dev", refresh=False):
     _recover(st)
     with _pulumi_errors("pulumi refresh"):
         if refresh:
-            st.refresh(on_output=_stream)
+            from infra import stack as stack_mod
+
+            stack_mod.refresh_machines(st, on_output=_stream)
     # Pulumi shows a resource only when it finishes; the playbook's phases are followed from its live log.
     stop = threading.Event()
     follower = threading.Thread(target=playbook.follow_runs, daemon=True,

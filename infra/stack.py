@@ -157,3 +157,19 @@ def destroy_plan(outputs: Mapping[str, object], backend: str, resources: int,
         lines.append(f"remove {Path(str(kubeconfig)).parent} (PKI, admin kubeconfig, etcd backups, logs)")
     lines.append(f"{resources} resources in the state in all (machines, playbook, add-ons, workloads)")
     return lines
+
+
+def refresh_machines(st: auto.Stack, on_output: Callable[[str], None] | None = None) -> int:
+    """`pulumi refresh` of what lives outside the cluster (machines, the registry, cloud resources), leaving out
+    the Kubernetes objects: after a host reboot no API server answers yet, and pulumi-kubernetes fails a refresh
+    it cannot read, while those objects live in etcd and come back with it. Returns how many were refreshed."""
+    targets = outside_the_cluster(st.export_stack().deployment.get("resources", []))
+    if targets:
+        st.refresh(target=targets, on_output=on_output)
+    return len(targets)
+
+
+def outside_the_cluster(resources: list[dict]) -> list[str]:
+    """URNs of the state's resources that are not Kubernetes objects (nor providers, nor components)."""
+    return [r["urn"] for r in resources
+            if r.get("custom") and not r["type"].startswith(("kubernetes:", "pulumi:providers:"))]

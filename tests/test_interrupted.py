@@ -2,10 +2,11 @@
 leaves a stack the next run finishes without manual steps: `recovery.recover` (what `invoke up` and `invoke down`
 call first) clears the dead run's lock and pending operations, and the cut-off work is done again. Killed while
 machines are created or deleted (the machines-only program), and in the middle of the playbook (the whole
-program on a 1-master, 1-worker cluster without samples)."""
+program on a 1-master, 1-worker cluster without samples), which then goes through a host reboot."""
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
 import shutil
 import signal
@@ -19,6 +20,7 @@ import pytest
 
 from conftest import cluster_network
 from infra import kube, playbook, program, recovery, spec as spec_mod, stack
+from infra.artifacts import registry
 from infra.machines import local
 from test_pulumi_machines import host_leftovers, ssh_hostname, wait_until
 
@@ -141,7 +143,7 @@ def playing(runs: Path, play: str) -> bool:
     return any(play in out.read_text(errors="replace") for out in runs.glob("*/stdout"))
 
 
-def test_an_up_killed_in_the_middle_of_the_playbook_is_finished_by_the_next_run(tmp_path):
+def test_an_up_killed_in_the_middle_of_the_playbook_is_finished_by_the_next_run_and_survives_a_reboot(tmp_path):
     state, manifests = tmp_path / "state", tmp_path / "workloads"
     manifests.mkdir()
     cluster = NETWORK["clusterName"]
@@ -175,6 +177,19 @@ def test_an_up_killed_in_the_middle_of_the_playbook_is_finished_by_the_next_run(
         assert sorted(nodes) == sorted(f"node/{n}" for n in FULL_NAMES)
         assert len(list(runs.glob("*/stdout"))) == 2
         assert set(st.preview().change_summary) == {"same"}
+
+        # A host reboot: every machine loses power and the registry's process is gone. `up --refresh` brings the
+        # same cluster back, with its data.
+        kubectl.run("create", "configmap", "before-reboot", "--from-literal=kept=yes")
+        uid = kubectl.run("get", "configmap", "before-reboot", "-o", "jsonpath={.metadata.uid}")
+        for name in FULL_NAMES:
+            local.pull_plug(name)
+        registry.stop(listen=f"{ipaddress.ip_network(NETWORK['machineCidr'])[1]}:{program.REGISTRY_PORT}")
+        stack.refresh_machines(st)  # what `invoke up --refresh` runs
+        st.up()
+        kubectl.run("wait", "--for=condition=Ready", "node", "--all", "--timeout=180s", timeout=200)
+        assert kubectl.run("get", "configmap", "before-reboot", "-o", "jsonpath={.metadata.uid}") == uid
+        kubectl.run("-n", "kube-system", "rollout", "status", "deployment/coredns", "--timeout=180s", timeout=200)
         st.destroy()
         assert host_leftovers(FULL_NAMES, local.bridge_name(cluster)) == []
         assert not playbook.cluster_dir(cluster).exists()

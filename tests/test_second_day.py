@@ -17,7 +17,7 @@ import time
 import pytest
 from cryptography import x509
 
-from infra import certs, drill, etcd, playbook, rotation, status
+from infra import certs, drill, etcd, playbook, rotation, stack, status
 from infra.machines import local
 
 pytestmark = [pytest.mark.artifacts, pytest.mark.machines]
@@ -127,7 +127,7 @@ def test_the_backup_schedule_takes_verified_snapshots_and_goes_away_when_unset(s
 
 def test_the_master_drill_kills_the_lease_holder_and_the_cluster_recovers(shared_cluster):
     def bring_back():
-        shared_cluster.stack.refresh(on_output=print)
+        stack.refresh_machines(shared_cluster.stack, on_output=print)
         shared_cluster.up()
 
     masters = [m.name for m in shared_cluster.spec.masters]

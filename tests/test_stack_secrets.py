@@ -85,3 +85,14 @@ def test_a_destroy_dry_run_names_each_machine_and_what_happens_to_it():
     mixed = stack.destroy_plan(outputs, "libvirt", 120, vms=["c-worker-1"])
     assert mixed[0].endswith("delete machine") and mixed[1].endswith("delete VM and its disks")
     assert stack.destroy_plan({}, "local", 1) == ["the stack has no machines; destroying it removes its state (1 resources)"]
+
+
+def test_a_refresh_after_a_reboot_reads_the_machines_and_the_registry_not_the_kubernetes_objects():
+    def res(urn: str, type_: str, custom: bool = True) -> dict:
+        return {"urn": urn, "type": type_, "custom": custom}
+
+    resources = [res("stack", "pulumi:pulumi:Stack", custom=False), res("cluster", "pilothouse:cluster:Cluster", False),
+                 res("py", "pulumi:providers:pulumi-python"), res("k8s", "pulumi:providers:kubernetes"),
+                 res("m1", "pulumi-python:dynamic:Resource"), res("vpc", "aws:ec2/vpc:Vpc"),
+                 res("ns", "kubernetes:core/v1:Namespace"), res("cg", "kubernetes:yaml/v2:ConfigGroup", False)]
+    assert stack.outside_the_cluster(resources) == ["m1", "vpc"]
