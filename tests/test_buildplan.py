@@ -17,7 +17,7 @@ def test_every_image_comes_after_its_base_and_the_artifact_it_wraps_and_the_long
     keys = [s.key for s in steps]
     assert sorted(keys) == sorted([f"go:{n}" for n in lock["go"]] + [f"image:{n}" for n in families]
                                   + ["rootfs:machine base"])
-    assert keys[:3] == ["go:pulumi-kubernetes", "go:kubernetes", "go:pulumi"]
+    assert keys[:3] == ["go:pulumi-kubernetes", "go:traefik", "go:kubernetes"]
     for step in steps:
         family = families.get(step.name, {}) if step.kind == "image" else {}
         if family.get("base"):
