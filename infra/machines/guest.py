@@ -3,10 +3,12 @@ backend (an nspawn machine's overlay) and the `libvirt` backend (a VM's disk).
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import time
 import uuid
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import paramiko
 
@@ -83,3 +85,12 @@ def ssh_run(address: str, host_key: str, pkey: paramiko.PKey, command: str, time
         return stdout.read().decode().strip()
     finally:
         client.close()
+
+
+@contextlib.contextmanager
+def state_lock(root: Path) -> Iterator[None]:
+    """Serialise changes under a backend's state root across threads and processes."""
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield

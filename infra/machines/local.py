@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import fcntl
 import hashlib
 import ipaddress
 import json
@@ -28,7 +27,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Literal
 
 import paramiko
 
@@ -153,13 +152,9 @@ def machine_dir(name: str) -> Path:
     return STATE_ROOT / name
 
 
-@contextlib.contextmanager
-def host_lock() -> Iterator[None]:
+def host_lock() -> contextlib.AbstractContextManager[None]:
     """Serialise changes to shared host state (bridges, mounts, state dirs) across threads and processes."""
-    STATE_ROOT.mkdir(parents=True, exist_ok=True)
-    with open(STATE_ROOT / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
+    return guest.state_lock(STATE_ROOT)
 
 
 def _load(name: str) -> tuple[MachineSpec, str] | None:

@@ -13,7 +13,6 @@ but a real VM).
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import grp
 import ipaddress
 import json
@@ -24,7 +23,7 @@ import tempfile
 import xml.etree.ElementTree as ET
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Literal
 from xml.sax.saxutils import escape
 
 from infra.machines import guest, host, keys, local, vm_image
@@ -138,14 +137,6 @@ def pool_dir(uri: str, pool: str) -> Path:
     if "running" not in virsh(uri, "pool-info", pool, what=f"reading storage pool {pool}"):
         virsh(uri, "pool-start", pool, what=f"starting storage pool {pool}")
     return Path(root.findtext("target/path"))
-
-
-@contextlib.contextmanager
-def _lock() -> Iterator[None]:
-    STATE_ROOT.mkdir(parents=True, exist_ok=True)
-    with open(STATE_ROOT / ".lock", "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        yield
 
 
 def _load(name: str) -> tuple[VmSpec, str] | None:
@@ -268,7 +259,7 @@ def _make(spec: VmSpec, log) -> str:
     pool = pool_dir(spec.uri, spec.pool)
     files = _files(spec, pool)
     d = machine_dir(spec.name)
-    with _lock():
+    with guest.state_lock(STATE_ROOT):
         d.mkdir(parents=True, exist_ok=True)
         # Written first, so that destroy finds what to remove if anything below fails.
         (d / "spec.json").write_text(json.dumps({"spec": asdict(spec), "ssh_host_key": "", "pool_dir": str(pool)},
