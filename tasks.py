@@ -90,9 +90,14 @@ def _check_spec(stack_name: str) -> None:
     path = REPO / f"Pulumi.{stack_name}.yaml"
     values = (yaml.safe_load(path.read_text()) or {}).get("config") or {} if path.exists() else {}
     try:
-        spec_mod.from_stack_config(values)
+        spec = spec_mod.from_stack_config(values)
     except spec_mod.SpecError as exc:
         raise Exit(f"{path.name}: {exc}", code=1) from None
+    from infra.playbook import etcd_members_problem
+
+    problem = etcd_members_problem(spec)
+    if problem:
+        raise Exit(f"{path.name}: {problem}", code=1)
 
 
 def _stream(line: str) -> None:

@@ -41,6 +41,35 @@ def cluster_dir(cluster_name: str) -> Path:
     return CLUSTERS_ROOT / cluster_name
 
 
+# [name, client URL] of each running etcd member as of the last healthy playbook run (roles/etcd/tasks/wait.yml).
+ETCD_MEMBERS_RECORD = "etcd-members.json"
+
+
+def etcd_members_problem(spec: ClusterSpec) -> str | None:
+    """Why the spec's etcd members cannot take over from the running ones, or None. Each machine is known by
+    name and address: a spec that keeps none of the running members would bootstrap a second, empty etcd (renamed
+    masters, a switch between stacked and separate etcd), and a new machine at a running member's address would
+    clash with it while both exist. Both are refused before any machine is made; the playbook checks quorum."""
+    record = cluster_dir(spec.name) / ETCD_MEMBERS_RECORD
+    try:
+        running = {name: url.split("//", 1)[-1].rsplit(":", 1)[0] for name, url in json.loads(record.read_text())}
+    except (OSError, ValueError, TypeError):
+        return None
+    if not running:
+        return None
+    fix = ("change the members in steps that keep most of them running, e.g. add machines in one run and remove "
+           "old ones in the next; masterName, etcdName and etcdNodes 0 <-> N cannot change on a running cluster")
+    taken = sorted(f"{m.name} at {m.address} (running member {name})" for m in spec.machines
+                   for name, address in running.items() if m.address == address and m.name != name)
+    if taken:
+        return f"new machines would take the addresses of running etcd members: {', '.join(taken)}; {fix}"
+    kept = {m.name: m.address for m in spec.etcd}
+    if not any(kept.get(name) == address for name, address in running.items()):
+        return (f"none of the running etcd members ({', '.join(sorted(running))}) stays among the new etcd machines "
+                f"({', '.join(kept)}), so the cluster would start over with an empty etcd; {fix}")
+    return None
+
+
 # The host variable holding a machine's pinned host key as its known_hosts line; `run_playbook` writes these
 # lines into the cluster's known_hosts file before Ansible connects. The roles never read it.
 KNOWN_HOST_VAR = "pilothouse_ssh_known_host"
@@ -216,6 +245,19 @@ def added_workers(old_inventory: dict, new_inventory: dict) -> list[str]:
     return added
 
 
+# Groups whose change is a change of members of the control plane: etcd members joining or leaving, API servers
+# behind the LB (their shared certificate lists every master).
+MEMBER_GROUPS = ("etcd", "kube_control_plane", "lb")
+
+
+def members_changed(old_inventory: dict, new_inventory: dict) -> bool:
+    """True when the inventories differ in who is an etcd member, master or LB: such a run restarts the API
+    servers and LBs (new certificate, new backends), so it takes them one machine at a time."""
+    def hosts(inventory, group):
+        return set(inventory["all"]["children"].get(group, {}).get("hosts", {}))
+    return any(hosts(old_inventory, g) != hosts(new_inventory, g) for g in MEMBER_GROUPS)
+
+
 def run_playbook(inventory: dict, extravars: dict, ssh_private_key: str, log_dir: Path,
                  quiet: bool = True, scale_nodes: list[str] | None = None, playbook: str = "site.yml") -> RunResult:
     """Run roles/site.yml (or another playbook of roles/) against the inventory, or roles/scale.yml when only
@@ -307,8 +349,15 @@ class _PlaybookProvider(dynamic.ResourceProvider):
     def update(self, id_, olds, news):
         # New workers and nothing else (the common "add a node"): configure just them and the pod routes.
         same = all(olds.get(k) == news.get(k) for k in RUN_INPUTS if k != "inventory")
-        workers = added_workers(json.loads(olds["inventory"]), json.loads(news["inventory"])) if same else []
-        return dynamic.UpdateResult(outs=self._run(news, workers))
+        old_inventory, new_inventory = json.loads(olds["inventory"]), json.loads(news["inventory"])
+        workers = added_workers(old_inventory, new_inventory) if same else []
+        run = news
+        if members_changed(old_inventory, new_inventory):
+            # Masters or etcd members come or go: one machine at a time, so the API keeps answering. The kubelets
+            # do not restart for that, so the node play still takes them all at once.
+            rolling = {"pilothouse_rolling": True, "pilothouse_rolling_nodes": False}
+            run = {**news, "extravars": json.dumps({**json.loads(news["extravars"]), **rolling})}
+        return dynamic.UpdateResult(outs={**self._run(run, workers), "extravars": news["extravars"]})
 
     def delete(self, id_, props):
         # Nothing to undo on the machines: they are destroyed with the stack. The cluster's directory on this

@@ -20,7 +20,7 @@ from infra.spec_checks import (
 from infra.spec_hosts import existing_hosts
 from infra.spec_model import (
     BACKENDS, DNS_1123_LABEL, EXISTING_KEYS, KEYS, LB_RANGE, MAX_SERVICE_PREFIX, MIN_MACHINE_PREFIX, MIN_SERVICE_PREFIX,
-    NODE_POD_PREFIX, POD_NETWORKS, AwsOptions, ClusterSpec, LibvirtOptions, Machine, SpecError, SshAccess,
+    NODE_POD_PREFIX, POD_NETWORKS, POD_SLOTS, AwsOptions, ClusterSpec, LibvirtOptions, Machine, SpecError, SshAccess,
     known_kubernetes_versions,
 )
 
@@ -100,10 +100,16 @@ def load() -> ClusterSpec:
     traceback."""
     import pulumi
 
+    from infra.playbook import etcd_members_problem  # imports Pulumi and Ansible; the rest of this module does not
+
     try:
-        return from_pulumi_config()
+        spec = from_pulumi_config()
     except SpecError as exc:
         raise pulumi.RunError(str(exc)) from None
+    problem = etcd_members_problem(spec)
+    if problem:
+        raise pulumi.RunError(problem)
+    return spec
 
 
 def _type_name(t: type) -> str:
@@ -243,18 +249,26 @@ def _build(cfg: Mapping[str, object], problems: list[str]) -> ClusterSpec:
             f"/{MAX_SERVICE_PREFIX} or smaller (e.g. 10.96.0.0/12)"
         )
     pod = nets.get("podCidr")
-    node_count = v["masters"] + v["workers"] if counts_ok and not existing else 0
+    # The subnets the layout uses: masters by slot from the first, workers from POD_SLOTS["worker"] (existing
+    # hosts take them in line order).
+    if not counts_ok:
+        slots_used = 0
+    elif existing:
+        slots_used = 0  # existing_hosts reports a host left without a subnet
+    else:
+        slots_used = POD_SLOTS["worker"] + v["workers"] if v["workers"] else v["masters"]
     if pod is not None and pod.prefixlen > NODE_POD_PREFIX:
         problems.append(
             f"pilothouse:podCidr {pod} is smaller than the /{NODE_POD_PREFIX} each node needs; "
             "use e.g. 10.244.0.0/16"
         )
-    elif pod is not None and node_count > 2 ** (NODE_POD_PREFIX - pod.prefixlen):
-        needed = NODE_POD_PREFIX - math.ceil(math.log2(node_count))
+    elif pod is not None and slots_used > 2 ** (NODE_POD_PREFIX - pod.prefixlen):
+        needed = NODE_POD_PREFIX - math.ceil(math.log2(slots_used))
         problems.append(
             f"pilothouse:podCidr {pod} holds {2 ** (NODE_POD_PREFIX - pod.prefixlen)} node subnets of "
-            f"/{NODE_POD_PREFIX} but the cluster has {node_count} nodes; use a larger podCidr, a /{needed} or "
-            "larger (e.g. 10.244.0.0/16)"
+            f"/{NODE_POD_PREFIX} but the layout needs {slots_used}: the first {POD_SLOTS['worker']} are kept for "
+            f"masters (so adding one moves no worker's pods) and the {v['workers']} workers take the ones after; "
+            f"use a larger podCidr, a /{needed} or larger (e.g. 10.244.0.0/16)"
         )
 
     machines: tuple[Machine, ...] = ()

@@ -12,8 +12,8 @@ from collections import Counter
 from collections.abc import Callable
 
 from infra.spec_model import (
-    ETCD_SIZES, KEYS, LAYOUT, LB_RANGE, MAX_NAME, NEVER_NETWORKS, NODE_POD_PREFIX, PRIVATE_NETWORKS, ROLE_KEYS,
-    ROLE_NAMES, Machine,
+    ETCD_SIZES, KEYS, LAYOUT, LB_RANGE, MAX_NAME, NEVER_NETWORKS, NODE_POD_PREFIX, POD_SLOTS, PRIVATE_NETWORKS,
+    ROLE_KEYS, ROLE_NAMES, Machine,
 )
 
 
@@ -117,7 +117,7 @@ def machines_by_role(
         ("worker", v["workerName"], v["workers"], ("worker",)),
     ]
     subnets = (
-        pod.subnets(new_prefix=NODE_POD_PREFIX)
+        list(pod.subnets(new_prefix=NODE_POD_PREFIX))
         if pod is not None and pod.prefixlen <= NODE_POD_PREFIX
         else None
     )
@@ -135,9 +135,10 @@ def machines_by_role(
             continue
         for i in range(count):
             pod_subnet = None
-            if subnets is not None and ("master" in roles or "worker" in roles):
+            if subnets is not None and role in POD_SLOTS:
+                slot = POD_SLOTS[role] + i
                 # None once the pod CIDR runs out; the pod CIDR checks report that.
-                pod_subnet = next(subnets, None)
+                pod_subnet = subnets[slot] if slot < len(subnets) else None
             name = f"{v['clusterName']}-{part}-{i + 1}"
             machines.append(Machine(name, roles, str(net[start + i]), pod_subnet and str(pod_subnet)))
     repeated = sorted(n for n, c in Counter(m.name for m in machines).items() if c > 1)

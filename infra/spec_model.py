@@ -29,6 +29,10 @@ MIN_SERVICE_PREFIX = 24
 LB_RANGE = (200, 220)
 # Offset of the first address of each role in the machine CIDR, and how many addresses it may use.
 LAYOUT = {"lb": (10, 10), "master": (20, 10), "etcd": (30, 10), "worker": (40, LB_RANGE[0] - 40)}
+# Each node's /NODE_POD_PREFIX of podCidr, by slot like its address: masters the first LAYOUT["master"] slots,
+# workers the ones after. A node keeps its subnet when the count of the other role changes (masters 3 -> 5 must
+# not move a worker's pods to another subnet).
+POD_SLOTS = {"master": 0, "worker": LAYOUT["master"][1]}
 # The count key and the plural of each role, for messages.
 ROLE_KEYS = {"lb": "lbs", "master": "masters", "etcd": "etcdNodes", "worker": "workers"}
 ROLE_NAMES = {"lb": "load balancers", "master": "masters", "etcd": "external etcd members", "worker": "workers"}

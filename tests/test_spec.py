@@ -78,8 +78,18 @@ def test_each_kubelet_node_gets_its_own_pod_subnet_and_lbs_get_none():
     subnets = {m.name: m.pod_subnet for m in spec.machines}
     assert subnets["pilothouse-lb-1"] is None
     assert subnets["pilothouse-master-1"] == "10.244.0.0/24"
-    assert subnets["pilothouse-worker-2"] == "10.244.4.0/24"
+    assert subnets["pilothouse-worker-2"] == "10.244.11.0/24"
     assert len({m.pod_subnet for m in spec.nodes}) == 5
+
+
+def test_a_worker_keeps_its_pod_subnet_when_the_master_count_changes():
+    def subnets(masters):
+        return {m.name: m.pod_subnet for m in from_config({"masters": masters}).nodes}
+
+    three, five = subnets(3), subnets(5)
+    assert {n: s for n, s in five.items() if n in three} == three
+    assert five["pilothouse-master-5"] == "10.244.4.0/24"
+    assert three["pilothouse-worker-1"] == "10.244.10.0/24"
 
 
 def test_external_etcd_gets_its_own_machines_and_masters_lose_the_etcd_role():
@@ -167,7 +177,9 @@ def test_service_cidr_larger_than_the_api_server_accepts_is_refused():
 
 
 def test_pod_cidr_too_small_for_the_nodes_is_refused():
-    refused({"podCidr": "10.244.0.0/22"}, "holds 4 node subnets", "5 nodes", "larger podCidr")
+    refused({"podCidr": "10.244.0.0/22"}, "holds 4 node subnets", "layout needs 12", "first 10 are kept for masters",
+            "a /20 or larger")
+    assert from_config({"podCidr": "10.244.0.0/20", "workers": 6}).nodes[-1].pod_subnet == "10.244.15.0/24"
     refused({"podCidr": "10.244.0.0/25"}, "smaller than the /24 each node needs")
 
 
