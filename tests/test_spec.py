@@ -329,6 +329,17 @@ def existing(key_file: str, *extra: str, **overrides) -> dict:
     return {"backend": "existing", "hosts": hosts, "sshKeyPath": key_file, **overrides}
 
 
+def test_existing_hosts_keep_their_pod_subnets_when_masters_are_added_and_more_than_10_masters_are_refused(key_file):
+    before = {m.name: m.pod_subnet for m in from_config(existing(key_file)).nodes}
+    grown = from_config(existing(key_file, "m4 address=10.77.0.23 roles=master,etcd",
+                                 "m5 address=10.77.0.24 roles=master,etcd"))
+    after = {m.name: m.pod_subnet for m in grown.nodes}
+    assert {n: after[n] for n in before} == before and after["m5"] == "10.244.4.0/24"
+    many = [f"c{i} address=10.77.0.{50 + i} roles=master" for i in range(11)]
+    hosts = ["lb address=10.77.0.10 roles=lb", "e1 address=10.77.0.30 roles=etcd", "w1 address=10.77.0.40 roles=worker"]
+    refused({**existing(key_file), "hosts": hosts + many}, "host c10: more than 10 masters")
+
+
 def test_existing_hosts_become_the_machines_with_their_roles_addresses_and_access(key_file):
     cfg = existing(key_file)
     cfg["hosts"][4] += " user=debian jump=admin@10.77.0.10:2222"
@@ -338,7 +349,7 @@ def test_existing_hosts_become_the_machines_with_their_roles_addresses_and_acces
         ("m2", ("master", "etcd"), "10.77.0.21"), ("m3", ("master", "etcd"), "10.77.0.22"),
         ("w1", ("worker",), "10.77.0.40"), ("w2", ("worker",), "10.77.0.41")]
     assert spec.stacked_etcd and spec.api_address == "10.77.0.10"
-    assert [m.pod_subnet for m in spec.nodes] == [f"10.244.{i}.0/24" for i in range(5)]
+    assert [m.pod_subnet for m in spec.nodes] == [f"10.244.{i}.0/24" for i in (0, 1, 2, 10, 11)]
     assert spec.access("m1") == cluster_spec.SshAccess("root", key_file, "")
     assert spec.access("w1") == cluster_spec.SshAccess("debian", key_file, "admin@10.77.0.10:2222")
 
