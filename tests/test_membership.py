@@ -1,7 +1,8 @@
 """Membership changes through `pulumi up` on the session's shared HA cluster: masters 3 -> 5 -> 3 with etcd
 stacked on them, so two etcd members join (learner, then promoted) and leave again, and the worker test_e2e
 added is drained and removed in the shrinking run. A request loop runs through the load balancer the whole
-time; its figures are printed (pytest -s), not asserted. The cluster ends with the masters it started with.
+time; its figures are printed (pytest -s), not asserted. The cluster ends with the masters it started with, and
+a playbook run after the change has nothing left to do.
 """
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import time
 
 import pytest
 
-from infra import drill, status
+from infra import drill, playbook, status
 from infra.machines import local
 from conftest import create_namespace
 
@@ -80,3 +81,8 @@ def test_masters_grow_to_5_and_shrink_to_3_one_etcd_member_at_a_time_and_a_dropp
     assert report.healthy, report.problems
     assert len(report.etcd_members) == 3 and sum(m["leader"] for m in report.etcd_members) == 1
     live.kubectl.run("delete", "namespace", NS, "--wait=false")
+    # Nothing of the change is left half-done: the next run has nothing to do.
+    outputs = live.outputs
+    again = playbook.run_playbook(json.loads(outputs["inventory"]), json.loads(outputs["playbook_vars"]),
+                                  outputs["ssh_private_key"], playbook.cluster_dir(spec.name) / "logs")
+    assert again.changed == 0, f"changed={again.changed}; see {again.log}"

@@ -34,12 +34,17 @@ def wanted(*ns):
 
 def test_growing_from_3_to_5_joins_the_two_new_members_in_order_and_removes_nothing():
     plan = plugin.etcd_changes([member(1), member(2), member(3)], health(1, 2, 3), wanted(1, 2, 3, 4, 5))
-    assert plan == {"refused": "", "join": ["m4", "m5"], "remove": []}
+    assert plan == {"refused": "", "join": ["m4", "m5"], "remove": [], "heir": "1001"}
 
 
 def test_shrinking_from_5_to_3_removes_the_two_dropped_members_one_at_a_time_by_hex_id():
     plan = plugin.etcd_changes([member(n) for n in range(1, 6)], health(1, 2, 3, 4, 5), wanted(1, 2, 3))
-    assert plan == {"refused": "", "join": [], "remove": [{"id": "1004", "name": "m4"}, {"id": "1005", "name": "m5"}]}
+    assert plan["remove"] == [{"id": "1004", "name": "m4", "client_urls": ["https://10.0.0.4:2379"]},
+                              {"id": "1005", "name": "m5", "client_urls": ["https://10.0.0.5:2379"]}]
+    assert not plan["refused"] and plan["join"] == []
+    # A leader among them hands over to the first member that stays and answers.
+    assert plan["heir"] == "1001"
+    assert plugin.etcd_changes([member(n) for n in range(1, 6)], health(2, 3, 4, 5), wanted(1, 2, 3))["heir"] == "1002"
 
 
 def test_a_learner_left_by_an_interrupted_join_is_joined_again_not_added_twice():

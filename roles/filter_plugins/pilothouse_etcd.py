@@ -17,7 +17,8 @@ def etcd_changes(members, health, wanted):
 
     members: `etcdctl member list -w json`'s "members"; health: `etcdctl endpoint health -w json` (client URL ->
     health) for the voting members. Returns {"refused": reason or "", "join": [inventory names to add, in order],
-    "remove": [{"id": hex id, "name": ...}] in order}. New members join as learners and are promoted one at a time
+    "remove": [{"id": hex id, "name": ..., "client_urls": [...]}] in order, "heir": hex id of the member that takes over leadership from
+    a leader being removed}. New members join as learners and are promoted one at a time
     before anything is removed, and each removal is checked against the members that answer: a step that would
     leave fewer healthy voters than a majority is refused, and so is a change that keeps no running member."""
     healthy = {h["endpoint"] for h in health if h.get("health")}
@@ -56,8 +57,11 @@ def etcd_changes(members, health, wanted):
                                    "majority (%d); bring the members that do not answer back first "
                                    "(`invoke up --refresh` with the previous counts), then change the members" % (_label(member), answering, count, _quorum(count)),
                         "join": [], "remove": []}
-        remove.append({"id": "%x" % member["ID"], "name": _label(member)})
-    return {"refused": "", "join": join, "remove": remove}
+        remove.append({"id": "%x" % member["ID"], "name": _label(member), "client_urls": member.get("clientURLs") or []})
+    # Where leadership goes before a leader is removed (etcd would otherwise hold an election with requests
+    # timing out meanwhile): the first member that stays and answers.
+    heir = next(("%x" % m["ID"] for m in sorted(kept, key=_label) if answers(m)), "")
+    return {"refused": "", "join": join, "remove": remove, "heir": heir}
 
 
 class FilterModule:
