@@ -353,8 +353,8 @@ class _PlaybookProvider(dynamic.ResourceProvider):
         workers = added_workers(old_inventory, new_inventory) if same else []
         run = news
         if members_changed(old_inventory, new_inventory):
-            # Masters or etcd members come or go: one machine at a time, so the API keeps answering. The kubelets
-            # do not restart for that, so the node play still takes them all at once.
+            # Masters, etcd members or LBs come or go: one machine at a time, so the API keeps answering. The
+            # kubelets do not restart for that, so the node play still takes them all at once.
             rolling = {"pilothouse_rolling": True, "pilothouse_rolling_nodes": False}
             run = {**news, "extravars": json.dumps({**json.loads(news["extravars"]), **rolling})}
         return dynamic.UpdateResult(outs={**self._run(run, workers), "extravars": news["extravars"]})

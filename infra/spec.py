@@ -250,12 +250,9 @@ def _build(cfg: Mapping[str, object], problems: list[str]) -> ClusterSpec:
         )
     pod = nets.get("podCidr")
     # The subnets the layout uses: masters by slot from the first, workers from POD_SLOTS["worker"] (existing
-    # hosts take them in line order).
-    if not counts_ok:
-        slots_used = 0
-    elif existing:
-        slots_used = 0  # existing_hosts reports a host left without a subnet
-    else:
+    # hosts take them in line order, and existing_hosts reports a host left without a subnet).
+    slots_used = 0
+    if counts_ok and not existing:
         slots_used = POD_SLOTS["worker"] + v["workers"] if v["workers"] else v["masters"]
     if pod is not None and pod.prefixlen > NODE_POD_PREFIX:
         problems.append(
@@ -266,9 +263,10 @@ def _build(cfg: Mapping[str, object], problems: list[str]) -> ClusterSpec:
         needed = NODE_POD_PREFIX - math.ceil(math.log2(slots_used))
         problems.append(
             f"pilothouse:podCidr {pod} holds {2 ** (NODE_POD_PREFIX - pod.prefixlen)} node subnets of "
-            f"/{NODE_POD_PREFIX} but the layout needs {slots_used}: the first {POD_SLOTS['worker']} are kept for "
-            f"masters (so adding one moves no worker's pods) and the {v['workers']} workers take the ones after; "
-            f"use a larger podCidr, a /{needed} or larger (e.g. 10.244.0.0/16)"
+            f"/{NODE_POD_PREFIX} but the layout needs {slots_used}: "
+            + (f"the first {POD_SLOTS['worker']} are kept for masters (so adding one moves no worker's pods) and "
+               f"the {v['workers']} workers take the ones after" if v["workers"] else "one per master")
+            + f"; use a larger podCidr, a /{needed} or larger (e.g. 10.244.0.0/16)"
         )
 
     machines: tuple[Machine, ...] = ()

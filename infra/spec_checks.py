@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 from infra.spec_model import (
     ETCD_SIZES, KEYS, LAYOUT, LB_RANGE, MAX_NAME, NEVER_NETWORKS, NODE_POD_PREFIX, POD_SLOTS, PRIVATE_NETWORKS,
-    ROLE_KEYS, ROLE_NAMES, Machine,
+    ROLE_KEYS, ROLE_NAMES, Machine, pod_subnet,
 )
 
 
@@ -116,11 +116,6 @@ def machines_by_role(
         ("etcd", v["etcdName"], v["etcdNodes"], ("etcd",)),
         ("worker", v["workerName"], v["workers"], ("worker",)),
     ]
-    subnets = (
-        list(pod.subnets(new_prefix=NODE_POD_PREFIX))
-        if pod is not None and pod.prefixlen <= NODE_POD_PREFIX
-        else None
-    )
     machines = []
     for role, part, count, roles in plan:
         start, room = LAYOUT[role]
@@ -134,13 +129,9 @@ def machines_by_role(
             )
             continue
         for i in range(count):
-            pod_subnet = None
-            if subnets is not None and role in POD_SLOTS:
-                slot = POD_SLOTS[role] + i
-                # None once the pod CIDR runs out; the pod CIDR checks report that.
-                pod_subnet = subnets[slot] if slot < len(subnets) else None
+            subnet = pod_subnet(pod, POD_SLOTS[role] + i) if role in POD_SLOTS else None
             name = f"{v['clusterName']}-{part}-{i + 1}"
-            machines.append(Machine(name, roles, str(net[start + i]), pod_subnet and str(pod_subnet)))
+            machines.append(Machine(name, roles, str(net[start + i]), subnet))
     repeated = sorted(n for n, c in Counter(m.name for m in machines).items() if c > 1)
     if repeated:
         problems.append(

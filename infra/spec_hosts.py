@@ -17,7 +17,7 @@ from collections import Counter
 from pathlib import Path
 
 from infra.spec_model import (
-    DNS_1123_LABEL, ETCD_SIZES, LB_RANGE, MAX_NAME, NODE_POD_PREFIX, POD_SLOTS, Machine, SshAccess,
+    DNS_1123_LABEL, ETCD_SIZES, LB_RANGE, MAX_NAME, NODE_POD_PREFIX, POD_SLOTS, Machine, SshAccess, pod_subnet,
 )
 
 HOST_FIELDS = ("address", "roles", "user", "key", "jump")
@@ -39,8 +39,6 @@ def existing_hosts(
         problems.append(f"pilothouse:backend existing needs pilothouse:hosts, one line per host such as {example}: "
                         f"`pulumi config set --path 'pilothouse:hosts[0]' \"{example[1:-1]}\"`")
         return (), ()
-    subnets = (list(pod.subnets(new_prefix=NODE_POD_PREFIX))
-               if pod is not None and pod.prefixlen <= NODE_POD_PREFIX else None)
     # Pod subnets by slot, as for generated machines: masters in line order from the first, workers from
     # POD_SLOTS["worker"], so a master added later moves no worker's pods.
     slots = {"master": iter(range(POD_SLOTS["master"], POD_SLOTS["worker"])), "worker": itertools.count(POD_SLOTS["worker"])}
@@ -103,18 +101,19 @@ def existing_hosts(
         match = JUMP_HOST.match(jump) if jump else None
         if jump and (match is None or (match["port"] and not 0 < int(match["port"]) < 65536)):
             problems.append(f"{where}: jump host {jump!r} is not [user@]host[:port], e.g. admin@bastion.example:22")
-        pod_subnet = None
-        if subnets is not None and ("master" in roles or "worker" in roles):
+        subnet = None
+        # Without a usable podCidr (reported by its own check) no host gets a subnet.
+        if pod is not None and pod.prefixlen <= NODE_POD_PREFIX and ("master" in roles or "worker" in roles):
             slot = next(slots["master" if "master" in roles else "worker"], None)
-            pod_subnet = subnets[slot] if slot is not None and slot < len(subnets) else None
+            subnet = pod_subnet(pod, slot)
             if slot is None:
                 problems.append(f"pilothouse:hosts host {name}: more than {POD_SLOTS['worker']} masters; the pod "
                                 f"subnets keep {POD_SLOTS['worker']} for masters (3, 5 or 7 make an HA control plane)")
-            elif pod_subnet is None:
+            elif subnet is None:
                 problems.append(f"pilothouse:podCidr {pod} has no /{NODE_POD_PREFIX} left for host {name} (masters "
                                 f"take the first {POD_SLOTS['worker']}, workers the ones after); use a larger podCidr "
                                 "(e.g. 10.244.0.0/16)")
-        machines.append(Machine(name, roles, str(address), pod_subnet and str(pod_subnet)))
+        machines.append(Machine(name, roles, str(address), subnet))
         access.append((name, SshAccess(user, str(Path(key).expanduser()) if key else "", jump)))
     for what, values in (("names", [m.name for m in machines]), ("addresses", [m.address for m in machines])):
         repeated = sorted(x for x, c in Counter(values).items() if c > 1)

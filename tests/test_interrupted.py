@@ -81,6 +81,20 @@ def start_and_kill(verb: str, state: Path, log: Path, when, script: str | None =
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         run.wait()
+        # A SIGKILL is delivered at once but the process may take a moment to exit; until it has, its lock
+        # rightly counts as a live run's. The next run starts after the kill, so wait for every one to be gone.
+        deadline = time.monotonic() + 30
+        while [pid for pid in plugins if running(pid)]:
+            assert time.monotonic() < deadline, f"killed processes still running: {plugins}"
+            time.sleep(0.05)
+
+
+def running(pid: int) -> bool:
+    """Whether `pid` exists and is not a zombie (a zombie has exited; only its parent's wait is missing)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def descendants(root: int) -> list[int]:

@@ -156,3 +156,18 @@ def test_only_approved_issued_kubelet_client_csrs_made_after_the_start_count():
         csr("stranger", "system:node:x9", "2027-01-15T08:00:10Z"),
     ])
     assert rotation.kubelet_csrs(client, ["m1", "w1"], since) == {"m1": "new"}
+
+
+def test_prune_removes_the_leaves_of_dropped_machines_and_keeps_cas_keypairs_secrets_and_foreign_files(tmp_path):
+    pki = tmp_path / "pki"
+    m2 = {"name": "etcd-peer-m2", "ca": "etcd-ca", "cn": "m2", "usages": ["server", "client"], "ips": ["10.9.9.21"]}
+    pki_module(pki, certs=[*CERTS, m2], prune=True)
+    (pki / "registry.crt").write_bytes((pki / "ca.crt").read_bytes())  # a self-signed file not ours to drop
+    assert pki_module(pki, certs=[*CERTS, m2], prune=True)["changed"] is False
+    out = pki_module(pki, prune=True)
+    assert out["changed"] is True and out["removed"] == ["etcd-peer-m2"] and out["created"] == []
+    assert not (pki / "etcd-peer-m2.crt").exists() and not (pki / "etcd-peer-m2.key").exists()
+    assert sorted(rotation.leaves(pki)) == ["admin", "apiserver", "etcd-peer-m1"]
+    for kept in ("ca.crt", "ca.key", "etcd-ca.crt", "sa.key", "sa.pub", "encryption-key", "registry.crt"):
+        assert (pki / kept).exists(), kept
+    assert pki_module(pki, prune=True)["changed"] is False

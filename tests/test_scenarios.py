@@ -137,11 +137,14 @@ def test_etcd_holds_the_pods_under_registry_with_the_v3_api(cli):
 @rows("K74")
 def test_every_pod_has_a_pause_sandbox_on_its_node(cli):
     node = cli("get", "pod", "nginx", "-o", "jsonpath={.spec.nodeName}")
-    # crictl (cri-tools) is not in Debian bookworm; containerd's own client lists the same CRI containers.
-    out = cli.live.ssh(node, "ctr -n k8s.io containers list").stdout
+    # crictl (cri-tools) is not in Debian bookworm; containerd's own client lists the same CRI containers, here
+    # those of this pod (its sandbox and its container carry the pod's name and namespace as labels).
+    pod = f"labels.\"io.kubernetes.pod.name\"==nginx,labels.\"io.kubernetes.pod.namespace\"=={NS}"
+    host, out = cli.live.ssh(node, f"hostname; ctr -n k8s.io containers list '{pod}'").stdout.split("\n", 1)
+    assert host == node
     # The sandbox image is pinned by the digest of the local pause build; the notes' nginx keeps its tag.
     pause = registry.pinned_refs(images.ensure_images(["pause"], build=False))["registry.k8s.io/pause:3.10.1"]
-    assert pause in out and "docker.io/library/nginx:latest" in out, out
+    assert {line.split()[1] for line in out.splitlines()[1:]} == {pause, "docker.io/library/nginx:latest"}, out
 
 
 # ---- pods ------------------------------------------------------------------------------------------------------

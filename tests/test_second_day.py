@@ -97,8 +97,8 @@ def test_a_restore_after_every_member_lost_its_data_brings_back_exactly_the_snap
     assert sorted(x["name"] for x in listed["members"]) == sorted(members)
     drill.wait_healthy(shared_cluster.outputs["machines"], shared_cluster.outputs["ssh_private_key"],
                        shared_cluster.kubeconfig, 300, print)
-    # The roles leave the restored cluster alone: its data dir exists, so the unit's --initial-cluster
-    # flags (the old token) are not read, and nothing in it changed.
+    # The roles leave the restored cluster alone: its data dir exists, so the first-start settings (the old
+    # token) are not read, and nothing in them changed.
     again = run_playbook(shared_cluster)
     assert again.changed == 0, f"the playbook after a restore changed {again.changed} things (log: {again.log})"
     kubectl.run("delete", "namespace", NS, "--wait=false")

@@ -12,13 +12,17 @@ def _label(member):
     return member.get("name") or member["peerURLs"][0]
 
 
+def _refused(reason):
+    return {"refused": reason, "join": [], "remove": [], "heir": ""}
+
+
 def etcd_changes(members, health, wanted):
     """The plan for moving the running members to `wanted` (peer URL -> inventory name).
 
     members: `etcdctl member list -w json`'s "members"; health: `etcdctl endpoint health -w json` (client URL ->
     health) for the voting members. Returns {"refused": reason or "", "join": [inventory names to add, in order],
-    "remove": [{"id": hex id, "name": ..., "client_urls": [...]}] in order, "heir": hex id of the member that takes over leadership from
-    a leader being removed}. New members join as learners and are promoted one at a time
+    "remove": [{"id": hex id, "name": ..., "client_urls": [...]}] in order, "heir": hex id of the member that takes
+    over leadership from a leader being removed}. New members join as learners and are promoted one at a time
     before anything is removed, and each removal is checked against the members that answer: a step that would
     leave fewer healthy voters than a majority is refused, and so is a change that keeps no running member."""
     healthy = {h["endpoint"] for h in health if h.get("health")}
@@ -26,10 +30,10 @@ def etcd_changes(members, health, wanted):
     voters = [m for m in members if not m.get("isLearner")]
     kept = [m for m in voters if m["peerURLs"][0] in wanted]
     if not kept:
-        return {"refused": "none of the running etcd members (%s) is in the inventory, so every member would be new "
-                           "and start an empty cluster; change the etcd members in steps that keep at least one "
-                           "(e.g. add the new masters first, remove the old ones in a later run)"
-                           % ", ".join(sorted(_label(m) for m in voters)), "join": [], "remove": []}
+        return _refused("none of the running etcd members (%s) is in the inventory, so every member would be new "
+                        "and start an empty cluster; change the etcd members in steps that keep at least one "
+                        "(e.g. add the new masters first, remove the old ones in a later run)"
+                        % ", ".join(sorted(_label(m) for m in voters)))
 
     def answers(member):
         return any(url in healthy for url in member.get("clientURLs") or [])
@@ -40,10 +44,10 @@ def etcd_changes(members, health, wanted):
             if peer not in by_peer or by_peer[peer].get("isLearner")]
     down = sorted(_label(m) for m in kept if not answers(m))
     if join and down:
-        return {"refused": "etcd member(s) %s do not answer; adding a member while one is down can leave the larger "
-                           "cluster without a majority. Bring them back first: `invoke up --refresh` with the previous counts "
-                           "starts machines that are off and members that are stopped; then change the members"
-                           % ", ".join(down), "join": [], "remove": []}
+        return _refused("etcd member(s) %s do not answer; adding a member while one is down can leave the larger "
+                        "cluster without a majority. Bring them back first: `invoke up --refresh` with the previous "
+                        "counts starts machines that are off and members that are stopped; then change the members"
+                        % ", ".join(down))
     # Every join is promoted before the first removal; each removal then takes one voter away.
     count = len(voters) + len(join)
     answering = sum(1 for m in voters if answers(m)) + len(join)
@@ -53,11 +57,12 @@ def etcd_changes(members, health, wanted):
         if not member.get("isLearner"):
             count, answering = count - 1, answering - (1 if answers(member) else 0)
             if answering < _quorum(count):
-                return {"refused": "removing etcd member %s would leave %d answering voters of %d, fewer than a "
-                                   "majority (%d); bring the members that do not answer back first "
-                                   "(`invoke up --refresh` with the previous counts), then change the members" % (_label(member), answering, count, _quorum(count)),
-                        "join": [], "remove": []}
-        remove.append({"id": "%x" % member["ID"], "name": _label(member), "client_urls": member.get("clientURLs") or []})
+                return _refused("removing etcd member %s would leave %d answering voters of %d, fewer than a "
+                                "majority (%d); bring the members that do not answer back first "
+                                "(`invoke up --refresh` with the previous counts), then change the members"
+                                % (_label(member), answering, count, _quorum(count)))
+        remove.append({"id": "%x" % member["ID"], "name": _label(member),
+                       "client_urls": member.get("clientURLs") or []})
     # Where leadership goes before a leader is removed (etcd would otherwise hold an election with requests
     # timing out meanwhile): the first member that stays and answers.
     heir = next(("%x" % m["ID"] for m in sorted(kept, key=_label) if answers(m)), "")

@@ -29,6 +29,11 @@ options:
   renew_days: {description: Re-issue leaves that expire within this many days., type: int, default: 30}
   rekey: {description: Re-issue every leaf certificate with a new key (certificate rotation)., type: bool,
           default: false}
+  prune:
+    description: Remove every other leaf certificate (one signed by a CA in I(cas)) and its key from I(dir), e.g.
+      those of machines no longer in the inventory.
+    type: bool
+    default: false
 author: pilothouse
 """
 
@@ -42,6 +47,7 @@ EXAMPLES = r"""
 
 RETURN = r"""
 created: {description: Names of the files (without extension) created or re-issued., type: list, returned: always}
+removed: {description: Names of the leaf certificates removed by I(prune)., type: list, returned: always}
 """
 
 import base64
@@ -80,6 +86,7 @@ class Pki:
         self.module = module
         self.dir = module.params["dir"]
         self.created = []
+        self.removed = []
         self.cas = {}
 
     def path(self, name, ext):
@@ -199,6 +206,21 @@ class Pki:
         _write(self.path(name, "crt"), cert.public_bytes(serialization.Encoding.PEM), 0o644)
         self.created.append(name)
 
+    def prune(self, wanted):
+        """Remove the leaf certificates (and keys) signed by one of our CAs that are not in `wanted`."""
+        subjects = {ca_cert.subject for _, ca_cert in self.cas.values()}
+        for entry in sorted(os.listdir(self.dir)):
+            name, ext = os.path.splitext(entry)
+            if ext != ".crt" or name in wanted or name in self.cas:
+                continue
+            cert = self._load_cert(name)
+            if cert.issuer not in subjects or cert.subject == cert.issuer:
+                continue
+            for path in (self.path(name, "crt"), self.path(name, "key")):
+                if os.path.exists(path):
+                    os.remove(path)
+            self.removed.append(name)
+
     def ensure_keypair(self, name):
         key_path, pub_path = self.path(name, "key"), self.path(name, "pub")
         if os.path.exists(key_path):
@@ -236,6 +258,7 @@ def main():
             cert_days=dict(type="int", default=825),
             renew_days=dict(type="int", default=30),
             rekey=dict(type="bool", default=False),
+            prune=dict(type="bool", default=False),
         ),
         supports_check_mode=False,
     )
@@ -249,11 +272,13 @@ def main():
         pki.ensure_ca(spec)
     for spec in module.params["certs"]:
         pki.ensure_cert(spec)
+    if module.params["prune"]:
+        pki.prune({spec["name"] for spec in module.params["certs"]})
     for name in module.params["keypairs"]:
         pki.ensure_keypair(name)
     for spec in module.params["secrets"]:
         pki.ensure_secret(spec)
-    module.exit_json(changed=bool(pki.created), created=pki.created)
+    module.exit_json(changed=bool(pki.created or pki.removed), created=pki.created, removed=pki.removed)
 
 
 if __name__ == "__main__":
