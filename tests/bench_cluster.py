@@ -4,7 +4,9 @@
 
 Phases: artifacts (warm cache), machines SSH-ready, the whole `pulumi up` (playbook, add-ons, sample workloads)
 and all nodes Ready, every workload verified, a no-op `pulumi up`, adding one worker, destroy. The first
-playbook run's slowest tasks (its timing callback's summary) go into the JSON and are printed too.
+playbook run's slowest tasks (its timing callback's summary) go into the JSON and are printed too, and so does
+each component's restart-to-ready time (restarted on one machine of the running cluster, its own health check
+polled every 50 ms on that machine).
 It uses its own stack and network (cluster `phbench`, 10.75.0.0/24), so it never touches the `dev` stack.
 """
 from __future__ import annotations
@@ -20,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from infra import artifacts, playbook, program, stack, workloads  # noqa: E402
+from infra import artifacts, known_hosts, playbook, program, stack, workloads  # noqa: E402
 
 CONFIG = {"pilothouse:clusterName": "phbench", "pilothouse:machineCidr": "10.75.0.0/24"}
 
@@ -49,6 +51,35 @@ def slowest_tasks(cluster: str) -> list[dict]:
         if name:
             tasks.append({"task": name, "seconds": float(seconds)})
     return tasks
+
+
+# Component -> (role of the machine it is restarted on, the command that succeeds once it is ready there).
+HEALTH = {
+    "etcd": ("master", "etcdctl-pilothouse endpoint health"),
+    "kube-apiserver": ("master", "curl -sf --cacert /etc/kubernetes/pki/ca.crt "
+                                 "--cert /etc/kubernetes/pki/healthcheck-client.crt "
+                                 "--key /etc/kubernetes/pki/healthcheck-client.key https://127.0.0.1:6443/readyz"),
+    "kube-controller-manager": ("master", "curl -sfk https://127.0.0.1:10257/healthz"),
+    "kube-scheduler": ("master", "curl -sfk https://127.0.0.1:10259/healthz"),
+    "containerd": ("worker", "ctr version"),
+    "kubelet": ("worker", "curl -sf http://127.0.0.1:10248/healthz"),
+    "kube-proxy": ("worker", "curl -sf http://127.0.0.1:10256/healthz"),
+}
+
+
+def restart_to_ready(cluster: str, machines: list[dict], key_file: Path) -> dict[str, float]:
+    """Seconds from `systemctl restart` to the component's health check passing, timed on the machine itself."""
+    ssh = ["ssh", "-i", str(key_file), *known_hosts.options(playbook.cluster_dir(cluster) / known_hosts.FILE_NAME,
+                                                              pinned=True), "-o", "BatchMode=yes"]
+    found = {}
+    for unit, (role, check) in HEALTH.items():
+        address = next(m["address"] for m in machines if role in m["roles"])
+        script = (f"s=$(date +%s%N); systemctl restart {unit}; "
+                  f"until {check} >/dev/null 2>&1; do sleep 0.05; done; echo $(( $(date +%s%N) - s ))")
+        out = subprocess.run([*ssh, f"root@{address}", script], capture_output=True, text=True, timeout=300)
+        found[unit] = round(int(out.stdout.strip()) / 1e9, 2)
+        time.sleep(5)  # let the cluster settle before the next restart
+    return found
 
 
 def nodes_ready(kubectl: str, kubeconfig: str, count: int, timeout: float = 300) -> None:
@@ -99,6 +130,13 @@ def main() -> None:
                                        echo=lambda _line: None)
             tl.phase(f"workloads verified ({sum(r.ok for r in results)}/{len(results)} pass)", began)
 
+            key_file = Path(state) / "id_ed25519"
+            key_file.write_text(outputs["ssh_private_key"].value)
+            key_file.chmod(0o600)
+            components = restart_to_ready(CONFIG["pilothouse:clusterName"], outputs["machines"].value, key_file)
+            for unit, seconds in components.items():
+                print(f"    {seconds:6.2f} s  {unit} restart to ready")
+
             began = time.monotonic()
             st.up(expect_no_changes=True)
             tl.phase("no-op pulumi up", began)
@@ -118,7 +156,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     record = {"when": stamp, "topology": "3 masters (stacked etcd), 2 workers, 1 LB", "phases": tl.phases,
-              "slowest_playbook_tasks": tasks}
+              "slowest_playbook_tasks": tasks, "restart_to_ready_s": components}
     (args.out / f"timeline-{stamp}.json").write_text(json.dumps(record, indent=2))
     chart(tl.phases, args.out / f"timeline-{stamp}.png")
     print(f"timeline written to {args.out}/timeline-{stamp}.json and .png")
