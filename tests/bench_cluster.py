@@ -55,7 +55,8 @@ def slowest_tasks(cluster: str) -> list[dict]:
 
 # Component -> (role of the machine it is restarted on, the command that succeeds once it is ready there).
 HEALTH = {
-    "etcd": ("master", "etcdctl-pilothouse endpoint health"),
+    # etcd's own /health on its metrics port: true once the member has a leader and serves reads.
+    "etcd": ("master", "curl -sf http://127.0.0.1:2381/health"),
     "kube-apiserver": ("master", "curl -sf --cacert /etc/kubernetes/pki/ca.crt "
                                  "--cert /etc/kubernetes/pki/healthcheck-client.crt "
                                  "--key /etc/kubernetes/pki/healthcheck-client.key https://127.0.0.1:6443/readyz"),
