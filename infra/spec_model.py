@@ -33,17 +33,6 @@ LAYOUT = {"lb": (10, 10), "master": (20, 10), "etcd": (30, 10), "worker": (40, L
 # workers the ones after. A node keeps its subnet when the count of the other role changes (masters 3 -> 5 must
 # not move a worker's pods to another subnet).
 POD_SLOTS = {"master": 0, "worker": LAYOUT["master"][1]}
-
-
-def pod_subnet(pod: ipaddress.IPv4Network | None, slot: int | None) -> str | None:
-    """The node pod subnet in `slot` of `pod`; None without a usable pod CIDR, a slot, or room for the slot (the
-    pod CIDR checks report those)."""
-    if pod is None or slot is None or pod.prefixlen > NODE_POD_PREFIX:
-        return None
-    if slot >= 2 ** (NODE_POD_PREFIX - pod.prefixlen):
-        return None
-    size = 2 ** (32 - NODE_POD_PREFIX)
-    return str(ipaddress.ip_network((int(pod.network_address) + slot * size, NODE_POD_PREFIX)))
 # The count key and the plural of each role, for messages.
 ROLE_KEYS = {"lb": "lbs", "master": "masters", "etcd": "etcdNodes", "worker": "workers"}
 ROLE_NAMES = {"lb": "load balancers", "master": "masters", "etcd": "external etcd members", "worker": "workers"}
@@ -261,3 +250,13 @@ def known_kubernetes_versions(lock: Path = LOCK) -> tuple[str, ...]:
     version = yaml.load(lock.read_text(), Loader=loader)["go"]["kubernetes"]["version"]
     return (version,) if isinstance(version, str) else tuple(version)
 
+
+def pod_subnet(pod: ipaddress.IPv4Network | None, slot: int | None) -> str | None:
+    """The node pod subnet in `slot` of `pod` (POD_SLOTS); None without a usable pod CIDR, a slot, or room for the
+    slot (the pod CIDR checks report those)."""
+    if pod is None or slot is None or pod.prefixlen > NODE_POD_PREFIX:
+        return None
+    if slot >= 2 ** (NODE_POD_PREFIX - pod.prefixlen):
+        return None
+    size = 2 ** (32 - NODE_POD_PREFIX)
+    return str(ipaddress.ip_network((int(pod.network_address) + slot * size, NODE_POD_PREFIX)))

@@ -72,19 +72,16 @@ def chart(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     workers = [r["workers"] for r in rows]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.5))
-    left.plot(workers, [r["up_to_ready_s"] for r in rows], marker="o", label="up to every node Ready")
-    left.plot(workers, [r["destroy_s"] for r in rows], marker="o", label="destroy")
-    left.set_xticks(workers)
-    left.set_xlabel("workers (3 masters, 1 LB)")
-    left.set_ylabel("seconds")
-    left.legend(fontsize=8)
-    right.plot(workers, [r["rss_mib"] for r in rows], marker="o", label="RSS")
-    right.plot(workers, [r["usage_mib"] for r in rows], marker="o", label="usage (RSS + page cache)")
-    right.set_xticks(workers)
-    right.set_xlabel("workers (3 masters, 1 LB)")
-    right.set_ylabel("MiB, all machines")
-    right.legend(fontsize=8)
+    panels = [("seconds", {"up_to_ready_s": "up to every node Ready", "destroy_s": "destroy"}),
+              ("MiB, all machines", {"rss_mib": "RSS", "usage_mib": "usage (RSS + page cache)"})]
+    fig, axes = plt.subplots(1, len(panels), figsize=(9, 3.5))
+    for ax, (unit, series) in zip(axes, panels):
+        for key, label in series.items():
+            ax.plot(workers, [r[key] for r in rows], marker="o", label=label)
+        ax.set_xticks(workers)
+        ax.set_xlabel("workers (3 masters, 1 LB)")
+        ax.set_ylabel(unit)
+        ax.legend(fontsize=8)
     fig.suptitle("pilothouse: cost by workers, warm cache, add-ons without samples")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
