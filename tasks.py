@@ -36,30 +36,34 @@ def deps(c, quiet=False):
 @task(help={"list": "print name, version, sha256 and path of every artifact",
             "export": "also copy the whole set into this directory (for an offline site)",
             "missing": "build nothing: list what is not built yet (exit 1 if anything is)",
-            "jobs": "builds side by side (default: 2 when memory allows, else 1)"})
-def artifacts(c, list=False, export=None, missing=False, jobs=0):  # noqa: A002 - `--list` is the flag users expect
+            "jobs": "builds side by side (default: 2 when memory allows, else 1)",
+            "kubernetes": "also build this other pinned Kubernetes release (lock.yaml `kubernetes_releases:`)"})
+def artifacts(c, list=False, export=None, missing=False, jobs=0,  # noqa: A002 - `--list` is the flag users expect
+              kubernetes=""):
     """Build (or fetch, per infra/artifacts/lock.yaml) every pinned binary and image, and the machines' base
     rootfs, into ~/.cache/pilothouse, two at a time, printing [done/total], what is building and for how long.
 
     The first run compiles Kubernetes, etcd, CoreDNS, the Pulumi CLI, the kubernetes provider and the add-ons
     from Go modules (about 33 minutes on 2 cores); later runs reuse the cache and take seconds. `up`, `test`
-    and `ci-up` run this first; `preview` never builds."""
+    and `ci-up` run this first (`up` also builds the other Kubernetes release its stack names); `preview` never
+    builds."""
     deps(c, quiet=True)
     flags = (" --list" if list else "") + (f" --export {export}" if export else "") + (" --missing" if missing else "")
-    flags += f" --jobs {jobs}" if jobs else ""
+    flags += (f" --jobs {jobs}" if jobs else "") + (f" --kubernetes {kubernetes}" if kubernetes else "")
     result = c.run(f"{sys.executable} -m infra.artifacts{flags}", warn=True, pty=False)
     if result.failed:
         raise Exit("some artifacts are not built yet: run `invoke artifacts`" if missing else
                    "building the artifacts failed; the message above says what to fix", code=1)
 
 
-def _require_artifacts(c) -> None:
+def _require_artifacts(c, kubernetes: str = "") -> None:
     """Stop with the list of what is missing instead of building (for commands that promise to touch nothing)."""
-    result = c.run(f"{sys.executable} -m infra.artifacts --missing", warn=True, hide=True, pty=False)
+    flags = f" --kubernetes {kubernetes}" if kubernetes else ""
+    result = c.run(f"{sys.executable} -m infra.artifacts --missing{flags}", warn=True, hide=True, pty=False)
     if result.failed:
         absent = result.stdout.strip().replace("\n", ", ")
-        raise Exit(f"not built yet: {absent}.\nRun `invoke artifacts` first (it builds them with progress; about "
-                   "33 minutes on 2 cores when nothing is cached).", code=1)
+        raise Exit(f"not built yet: {absent}.\nRun `invoke artifacts{flags}` first (it builds them with progress; "
+                   "about 33 minutes on 2 cores when nothing is cached).", code=1)
 
 
 def _stack(name: str):
@@ -79,9 +83,9 @@ def _recover(st):
     return recovery.recover(st, stack.REPO / ".pulumi", say=_stream)
 
 
-def _check_spec(stack_name: str) -> None:
-    """Refuse a bad stack config before building or starting anything, with its problems and nothing else
-    (the program checks again, for plain `pulumi up`)."""
+def _check_spec(stack_name: str):
+    """The stack's spec; a bad stack config is refused before building or starting anything, with its problems
+    and nothing else (the program checks again, for plain `pulumi up`)."""
     import yaml
 
     from infra import spec as spec_mod
@@ -93,11 +97,12 @@ def _check_spec(stack_name: str) -> None:
         spec = spec_mod.from_stack_config(values)
     except spec_mod.SpecError as exc:
         raise Exit(f"{path.name}: {exc}", code=1) from None
-    from infra.playbook import etcd_members_problem
+    from infra.playbook import running_cluster_problem
 
-    problem = etcd_members_problem(spec)
+    problem = running_cluster_problem(spec)
     if problem:
         raise Exit(f"{path.name}: {problem}", code=1)
+    return spec
 
 
 def _stream(line: str) -> None:
@@ -137,8 +142,8 @@ def up(c, stack="dev", refresh=False):
 
     from infra import playbook
 
-    _check_spec(stack)
-    artifacts(c)  # every build happens here, with progress, before Pulumi starts
+    spec = _check_spec(stack)
+    artifacts(c, kubernetes=spec.kubernetes_version)  # every build happens here, with progress, before Pulumi
     st = _stack(stack)
     _recover(st)
     with _pulumi_errors("pulumi refresh"):
@@ -184,9 +189,9 @@ def env(c):
 @task(help={"stack": "Pulumi stack to check"})
 def preview(c, stack="dev"):
     """Show what `up` would change, touching nothing (and building nothing: it names what is not built yet)."""
-    _check_spec(stack)
+    spec = _check_spec(stack)
     deps(c, quiet=True)
-    _require_artifacts(c)
+    _require_artifacts(c, spec.kubernetes_version)
     with _pulumi_errors("pulumi preview"):
         _stack(stack).preview(on_output=_stream)
 

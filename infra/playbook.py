@@ -31,7 +31,7 @@ from infra.spec_model import API_PORT, ClusterSpec, Machine, SshAccess
 ROLES = Path(__file__).resolve().parent.parent / "roles"
 # The binaries the roles copy to the machines; the add-ons and the CLI are not theirs, so a rebuilt add-on
 # never re-runs the playbook.
-ROLE_ARTIFACTS = ("kubernetes", "etcd", "etcdutl")
+ROLE_ARTIFACTS = ("etcd", "etcdutl")  # and the Kubernetes release the spec names
 CLUSTERS_ROOT = Path.home() / ".local" / "share" / "pilothouse"
 
 
@@ -68,6 +68,41 @@ def etcd_members_problem(spec: ClusterSpec) -> str | None:
         return (f"none of the running etcd members ({', '.join(sorted(running))}) stays among the new etcd machines "
                 f"({', '.join(kept)}), so the cluster would start over with an empty etcd; {fix}")
     return None
+
+
+# The Kubernetes version the cluster runs, as of its last successful playbook run.
+VERSION_RECORD = "kubernetes-version"
+
+
+def _release(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in version.lstrip("v").split("."))
+
+
+def kubernetes_version_problem(spec: ClusterSpec) -> str | None:
+    """Why the running cluster cannot move to the spec's Kubernetes version, or None: upstream supports neither
+    downgrades (objects stored by the newer release may not read back) nor skipping a minor release (the
+    version skew policy allows one between API servers, and controllers and kubelets follow them)."""
+    try:
+        running = (cluster_dir(spec.name) / VERSION_RECORD).read_text().strip()
+    except OSError:
+        return None
+    wanted = spec.kubernetes_version
+    if not running or running == wanted:
+        return None
+    if _release(wanted) < _release(running):
+        return (f"pilothouse:kubernetesVersion {wanted} is older than the {running} the cluster runs, and "
+                f"Kubernetes cannot be downgraded: set it back to {running} (a cluster on {wanted} has to be made "
+                "anew)")
+    if _release(wanted)[:2] > (_release(running)[0], _release(running)[1] + 1):
+        return (f"pilothouse:kubernetesVersion {wanted} skips a minor release: the cluster runs {running}, and "
+                f"upgrades go one minor release at a time; upgrade to a pinned v1.{_release(running)[1] + 1} "
+                f"release first, then to {wanted}")
+    return None
+
+
+def running_cluster_problem(spec: ClusterSpec) -> str | None:
+    """Why the spec cannot take over the running cluster (its etcd members, its Kubernetes version), or None."""
+    return etcd_members_problem(spec) or kubernetes_version_problem(spec)
 
 
 # The host variable holding a machine's pinned host key as its known_hosts line; `run_playbook` writes these
@@ -173,7 +208,8 @@ def extravars(spec: ClusterSpec, registry_mirror: str, pinned_images: dict[str, 
     the PKI and the admin kubeconfig are kept."""
     workdir = cluster_dir(spec.name)
     return {
-        "pilothouse_binaries": artifacts.binaries([artifacts.lookup_go(n) for n in ROLE_ARTIFACTS]),
+        "pilothouse_binaries": artifacts.binaries([artifacts.lookup_kubernetes(spec.kubernetes_version),
+                                                   *(artifacts.lookup_go(n) for n in ROLE_ARTIFACTS)]),
         "pilothouse_registry_mirror": registry_mirror,
         **pinned_role_images(pinned_images or {}),
         "pilothouse_pki_dir": str(workdir / "pki"),
@@ -258,6 +294,14 @@ def members_changed(old_inventory: dict, new_inventory: dict) -> bool:
     return any(hosts(old_inventory, g) != hosts(new_inventory, g) for g in MEMBER_GROUPS)
 
 
+def version_changed(old_inventory: dict, new_inventory: dict) -> bool:
+    """True when the run moves the cluster to another Kubernetes version (kubernetes_version_problem has made
+    sure it is the next patch or minor release)."""
+    def version(inventory):
+        return inventory["all"]["vars"]["pilothouse_kubernetes_version"]
+    return version(old_inventory) != version(new_inventory)
+
+
 def run_playbook(inventory: dict, extravars: dict, ssh_private_key: str, log_dir: Path,
                  quiet: bool = True, scale_nodes: list[str] | None = None, playbook: str = "site.yml") -> RunResult:
     """Run roles/site.yml (or another playbook of roles/) against the inventory, or roles/scale.yml when only
@@ -286,6 +330,9 @@ def run_playbook(inventory: dict, extravars: dict, ssh_private_key: str, log_dir
         lines = failures(result.events) or [f"ansible-playbook exited with {result.rc} before any host failed"]
         raise PlaybookError(f"the playbook ({playbook}) failed:\n" + "\n".join(f"  {line}" for line in lines)
                             + f"\nfull log: {log}")
+    cluster_vars = inventory["all"]["vars"]
+    (cluster_dir(cluster_vars["pilothouse_cluster_name"]) / VERSION_RECORD).write_text(
+        cluster_vars["pilothouse_kubernetes_version"] + "\n")
     return RunResult(sum(stats.get("changed", {}).values()), time.monotonic() - started, log)
 
 
@@ -351,11 +398,16 @@ class _PlaybookProvider(dynamic.ResourceProvider):
         same = all(olds.get(k) == news.get(k) for k in RUN_INPUTS if k != "inventory")
         old_inventory, new_inventory = json.loads(olds["inventory"]), json.loads(news["inventory"])
         workers = added_workers(old_inventory, new_inventory) if same else []
-        run = news
-        if members_changed(old_inventory, new_inventory):
+        run, rolling = news, {}
+        if version_changed(old_inventory, new_inventory):
+            # An upgrade: every component restarts on its new binary, one machine at a time, and each node is
+            # drained before its kubelet is replaced (roles/kubelet/tasks/drain.yml).
+            rolling = {"pilothouse_rolling": True, "pilothouse_rolling_nodes": True}
+        elif members_changed(old_inventory, new_inventory):
             # Masters, etcd members or LBs come or go: one machine at a time, so the API keeps answering. The
             # kubelets do not restart for that, so the node play still takes them all at once.
             rolling = {"pilothouse_rolling": True, "pilothouse_rolling_nodes": False}
+        if rolling:
             run = {**news, "extravars": json.dumps({**json.loads(news["extravars"]), **rolling})}
         return dynamic.UpdateResult(outs={**self._run(run, workers), "extravars": news["extravars"]})
 

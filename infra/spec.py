@@ -100,13 +100,13 @@ def load() -> ClusterSpec:
     traceback."""
     import pulumi
 
-    from infra.playbook import etcd_members_problem  # imports Pulumi and Ansible; the rest of this module does not
+    from infra.playbook import running_cluster_problem  # imports Pulumi and Ansible; the rest of this module does not
 
     try:
         spec = from_pulumi_config()
     except SpecError as exc:
         raise pulumi.RunError(str(exc)) from None
-    problem = etcd_members_problem(spec)
+    problem = running_cluster_problem(spec)
     if problem:
         raise pulumi.RunError(problem)
     return spec

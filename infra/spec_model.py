@@ -87,7 +87,8 @@ KEYS: dict[str, Key] = {
     "etcdBackupRetention": Key(int, 5, "How many scheduled snapshots each etcd member keeps (the newest)."),
     "vip": Key(str, "", "Virtual API address held by keepalived; required with 2+ lbs, inside machineCidr."),
     "kubernetesVersion": Key(
-        str, "", "Kubernetes version; empty means the one pinned in infra/artifacts/lock.yaml."
+        str, "", "Kubernetes version; empty means the default pinned in infra/artifacts/lock.yaml. Another release "
+        "pinned there (kubernetes_releases) upgrades a running cluster, one minor release at a time, never down."
     ),
     "machineCidr": Key(
         str, "10.77.0.0/24", "Network the machines live on, a /24 or larger; .1 is the host."
@@ -247,8 +248,8 @@ class ClusterSpec:
 def known_kubernetes_versions(lock: Path = LOCK) -> tuple[str, ...]:
     # libyaml's loader when present: the pure-Python one takes ~70 ms on the lock file, per spec built.
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-    version = yaml.load(lock.read_text(), Loader=loader)["go"]["kubernetes"]["version"]
-    return (version,) if isinstance(version, str) else tuple(version)
+    pinned = yaml.load(lock.read_text(), Loader=loader)
+    return (pinned["go"]["kubernetes"]["version"], *(pinned.get("kubernetes_releases") or {}))
 
 
 def pod_subnet(pod: ipaddress.IPv4Network | None, slot: int | None) -> str | None:

@@ -193,7 +193,7 @@ def live_cluster(name: str, config: dict, workdir: Path, manifests: Path | None 
     spec = spec_mod.from_config(config)
 
     def run() -> None:
-        program.build(spec_mod.from_pulumi_config(), manifests_dir=samples)
+        program.build(spec_mod.load(), manifests_dir=samples)
 
     st = stack.select_stack(name, run, workdir / "state",
                             config={f"pilothouse:{k}": str(v).lower() if isinstance(v, bool) else str(v)

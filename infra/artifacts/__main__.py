@@ -1,6 +1,7 @@
-"""`python -m infra.artifacts [--list] [--export DIR] [--missing] [--jobs N]`: build or fetch every pinned
-artifact, every image and the local machines' base rootfs, up to N at a time (infra/artifacts/buildplan.py),
-saying which ones are building, for how long, and how many are done."""
+"""`python -m infra.artifacts [--list] [--export DIR] [--missing] [--jobs N] [--kubernetes VERSION]`: build or
+fetch every pinned artifact, every image and the local machines' base rootfs (and another pinned Kubernetes
+release when asked), up to N at a time (infra/artifacts/buildplan.py), saying which ones are building, for how
+long, and how many are done."""
 import argparse
 import sys
 import time
@@ -9,7 +10,8 @@ from pathlib import Path
 from infra.machines import rootfs
 from infra.machines.errors import MachineError
 
-from . import ArtifactError, buildplan, ensure_go, export_bundle, images, load_lock, missing
+from . import (ArtifactError, buildplan, ensure_go, ensure_kubernetes, export_bundle, images, kubernetes_release,
+               load_lock, missing)
 
 
 def _say(msg: str) -> None:
@@ -17,11 +19,18 @@ def _say(msg: str) -> None:
     sys.stderr.flush()
 
 
-def build_all(jobs: int) -> list:
-    """Every step of the plan; returns the Go artifacts' entries in lock order."""
+def build_all(jobs: int, kubernetes: str = "") -> list:
+    """Every step of the plan, with the Kubernetes release `kubernetes` among the Go builds when it is not the
+    default one; returns the lock's `go:` entries in lock order."""
     lock, spec = load_lock(), images.load_spec()
+    go = dict(lock["go"])
+    if kubernetes:
+        name, recipe = kubernetes_release(kubernetes, lock)
+        go.setdefault(name, recipe)
 
     def build(step: buildplan.Step, log) -> object:
+        if step.kind == "go" and step.name not in lock["go"]:
+            return ensure_kubernetes(step.version, lock, log=log)
         if step.kind == "go":
             return ensure_go(step.name, lock, log=log)
         if step.kind == "image":
@@ -31,7 +40,7 @@ def build_all(jobs: int) -> list:
             rootfs.ensure_base_rootfs()
         return None
 
-    steps = buildplan.plan(lock["go"], spec["families"], rootfs.SUITE)
+    steps = buildplan.plan(go, spec["families"], rootfs.SUITE)
     done = buildplan.run(steps, build, jobs, _say, errors=(ArtifactError, MachineError))
     return [done[f"go:{name}"] for name in lock["go"]]
 
@@ -44,11 +53,18 @@ def main() -> int:
                         help="build nothing: print what is not built yet and exit 1 if anything is")
     parser.add_argument("--jobs", type=int, default=buildplan.default_jobs(), metavar="N",
                         help="builds side by side (default here: %(default)s, from the memory)")
+    parser.add_argument("--kubernetes", default="", metavar="VERSION",
+                        help="also build this Kubernetes release of lock.yaml `kubernetes_releases:` (for upgrades)")
     args = parser.parse_args()
     if args.jobs < 1:
         parser.error("--jobs must be 1 or more")
+    if args.kubernetes:
+        try:
+            kubernetes_release(args.kubernetes)
+        except ArtifactError as exc:
+            parser.error(str(exc))
     if args.missing:
-        absent = missing() + images.missing()
+        absent = missing(kubernetes=args.kubernetes) + images.missing()
         if not rootfs.base_rootfs_path().is_dir():
             absent.append(f"rootfs machine base {rootfs.SUITE}")
         for what in absent:
@@ -56,7 +72,7 @@ def main() -> int:
         return 1 if absent else 0
     started = time.monotonic()
     try:
-        entries = build_all(args.jobs)
+        entries = build_all(args.jobs, args.kubernetes)
     except (ArtifactError, MachineError) as exc:
         _say(f"error: {exc}")
         return 1
