@@ -172,7 +172,7 @@ def test_an_up_killed_in_the_middle_of_the_playbook_is_finished_by_the_next_run_
         # etcd is up and the API server is being installed: the kill lands between two plays' work.
         script = FULL_RUNNER.format(repo=str(stack.REPO), manifests=str(manifests), stack=FULL_STACK,
                                     state=str(state))
-        start_and_kill("up", state, tmp_path / "up.log", lambda: playing(runs, "PLAY [Control plane]"),
+        start_and_kill("up", state, tmp_path / "up.log", lambda: playing(runs, "PLAY [Control plane | API servers]"),
                        script=script)
         cut = [out.read_text(errors="replace") for out in runs.glob("*/stdout")]
         assert len(cut) == 1 and "PLAY RECAP" not in cut[0], "the playbook was not cut off in the middle"
