@@ -307,6 +307,7 @@ def test_the_metrics_api_is_available_and_serves_every_node(cluster):
 
     usage = _eventually(nodes, 90)
     assert set(usage) == {n["metadata"]["name"] for n in kube.json("get", "nodes")["items"]}
-    # Quantities in their canonical form: nanocores, and bytes in the largest binary unit that is exact.
-    assert all(re.fullmatch(r"\d+n?", u["cpu"]) and re.fullmatch(r"\d+(Ki|Mi|Gi)?", u["memory"])
+    # Quantities in their canonical form: cores in the largest of n, u and m that is exact (219064000n is written
+    # 219064u), and bytes in the largest binary unit that is exact.
+    assert all(re.fullmatch(r"\d+[num]?", u["cpu"]) and re.fullmatch(r"\d+(Ki|Mi|Gi)?", u["memory"])
                for u in usage.values()), usage
