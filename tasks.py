@@ -199,7 +199,7 @@ def preview(c, stack="dev"):
 @task(help={"stack": "Pulumi stack to destroy", "dry_run": "only say what would be destroyed"})
 def down(c, stack="dev", dry_run=False):
     """Destroy every machine and the registry of the stack: `pulumi destroy`."""
-    from infra.stack import destroy_plan
+    from infra.stack import destroy, destroy_plan
 
     st = _stack(stack)
     if dry_run:
@@ -215,7 +215,7 @@ def down(c, stack="dev", dry_run=False):
         return
     recovered = _recover(st)
     with _pulumi_errors("pulumi destroy"):
-        st.destroy(on_output=_stream)
+        destroy(st, on_output=_stream)
     if recovered.cut_off_machines:
         from infra.machines import local, vm
 

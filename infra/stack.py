@@ -132,6 +132,21 @@ def select_stack(stack: str, program: Callable[[], None], state_dir: Path,
     return stack_obj
 
 
+def destroy(st: auto.Stack, **kwargs) -> auto.DestroyResult:
+    """`pulumi destroy`, saving the state once at the end instead of after every step. Each step rewrites the
+    whole state file, and a cluster with the samples is some 150 steps (the Kubernetes objects are skipped with
+    deletedWith but still recorded): measured 15.6 s with the checkpoints, 5.9 s without. It is safe because every
+    delete here is idempotent (machines, registry, cluster directory): a destroy cut short leaves the state as it
+    was, and the next one deletes what is left."""
+    saved = dict(st.workspace.env_vars)
+    st.workspace.env_vars.update(PULUMI_SKIP_CHECKPOINTS="true", PULUMI_EXPERIMENTAL="true")
+    try:
+        return st.destroy(**kwargs)
+    finally:
+        st.workspace.env_vars.clear()
+        st.workspace.env_vars.update(saved)
+
+
 # What `pulumi destroy` does to the machines of each backend: the backends that made them delete them; the
 # existing backend never deletes a host it did not create, it resets it.
 DESTROY_ACTIONS = {"local": "delete machine", "libvirt": "delete VM and its disks", "aws": "terminate instance",

@@ -149,7 +149,7 @@ def main() -> None:
             tl.phase("add one worker (Ready)", began)
         finally:
             began = time.monotonic()
-            st.destroy()
+            stack.destroy(st)
             tl.phase("destroy", began)
             st.workspace.remove_stack("bench")
             (stack.REPO / "Pulumi.bench.yaml").unlink(missing_ok=True)

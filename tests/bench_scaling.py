@@ -47,7 +47,7 @@ def measure(workers: int, kubectl: str, settle: float) -> dict:
             memory = {m.name: local.memory_stats(m.name) for m in spec.machines}
         finally:
             began = time.monotonic()
-            st.destroy()
+            stack.destroy(st)
             down = time.monotonic() - began
             st.workspace.remove_stack(STACK)
             (stack.REPO / f"Pulumi.{STACK}.yaml").unlink(missing_ok=True)

@@ -208,7 +208,7 @@ def live_cluster(name: str, config: dict, workdir: Path, manifests: Path | None 
         yield live
     finally:
         try:
-            st.destroy(on_output=print)
+            stack.destroy(st, on_output=print)
         finally:
             st.workspace.remove_stack(name)
             (REPO / f"Pulumi.{name}.yaml").unlink(missing_ok=True)

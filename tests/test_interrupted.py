@@ -39,7 +39,11 @@ from pathlib import Path
 sys.path[:0] = [{repo!r}, {tests!r}]
 from infra import stack
 from test_pulumi_machines import machines_only
-getattr(stack.select_stack({stack!r}, machines_only, Path({state!r})), {verb!r})()
+st = stack.select_stack({stack!r}, machines_only, Path({state!r}))
+if {verb!r} == "destroy":
+    stack.destroy(st)  # as `invoke down` runs it
+else:
+    st.up()
 """
 FULL_RUNNER = """
 import sys
@@ -142,11 +146,11 @@ def test_a_killed_up_and_a_killed_destroy_are_finished_by_the_next_run(tmp_path)
                        lambda: any(local.status(n) == "absent" for n in NAMES))
         recovered = recovery.recover(st, state)
         assert len(recovered.locks) == 1, recovered
-        st.destroy()
+        stack.destroy(st)
         assert host_leftovers(NAMES, local.bridge_name(NETWORK["clusterName"])) == []
     finally:
         recovery.recover(st, state, say=lambda _: None)
-        st.destroy()
+        stack.destroy(st)
         for name in NAMES:
             local.destroy(name)
         st.workspace.remove_stack(STACK)  # and its Pulumi.<stack>.yaml in the checkout
@@ -204,12 +208,12 @@ def test_an_up_killed_in_the_middle_of_the_playbook_is_finished_by_the_next_run_
         kubectl.run("wait", "--for=condition=Ready", "node", "--all", "--timeout=180s", timeout=200)
         assert kubectl.run("get", "configmap", "before-reboot", "-o", "jsonpath={.metadata.uid}") == uid
         kubectl.run("-n", "kube-system", "rollout", "status", "deployment/coredns", "--timeout=180s", timeout=200)
-        st.destroy()
+        stack.destroy(st)
         assert host_leftovers(FULL_NAMES, local.bridge_name(cluster)) == []
         assert not playbook.cluster_dir(cluster).exists()
     finally:
         recovery.recover(st, state, say=lambda _: None)
-        st.destroy()
+        stack.destroy(st)
         for name in FULL_NAMES:
             local.destroy(name)
         st.workspace.remove_stack(FULL_STACK)
