@@ -1,6 +1,7 @@
 """The roles are ansible-lint clean at its strictest profile, and every role declares and explains its variables."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,17 @@ def test_roles_pass_ansible_lint_production_profile():
     lint = Path(sys.executable).with_name("ansible-lint")
     out = subprocess.run([str(lint), "--profile", "production", "roles/"], cwd=REPO,
                          capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "0 failure(s)" in out.stderr + out.stdout
+
+
+def test_the_kubeadm_peers_playbook_passes_ansible_lint_production_profile():
+    """tests/peer/kubeadm.yml (tests/bench_kubeadm.py) uses the roles' modules and filters, found through their
+    ansible.cfg."""
+    lint = Path(sys.executable).with_name("ansible-lint")
+    out = subprocess.run([str(lint), "--profile", "production", "tests/peer/kubeadm.yml"], cwd=REPO,
+                         capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "ANSIBLE_CONFIG": str(REPO / "roles" / "ansible.cfg")})
     assert out.returncode == 0, out.stdout + out.stderr
     assert "0 failure(s)" in out.stderr + out.stdout
 
