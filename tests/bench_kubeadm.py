@@ -1,13 +1,14 @@
 """pilothouse and kubeadm side by side, on the same machines with the same binaries; prints figures and the ratio.
 No asserts.
 
-    .venv/bin/python tests/bench_kubeadm.py [--runs 1] [--settle 30] [--only pilothouse|kubeadm] [--out DIR]
+    .venv/bin/python tests/bench_kubeadm.py [--runs 1] [--settle 30] [--only pilothouse|kubeadm] [--keep] [--out DIR]
 
 Each installer gets six fresh local machines of the default topology (3 masters with stacked etcd, 1 LB, 2
 workers) on a bench-only network (cluster `phpeer`, 10.74.0.0/24), the same registry and the same images, and is
 timed from machines SSH-ready over the same spans: every node Ready, then CoreDNS answering a query for
 kubernetes.default at the cluster DNS address from a worker (through kube-proxy). Then, after `--settle` seconds,
-the sum of the machines' RSS.
+the sum of the machines' RSS. pilothouse's playbook then runs again on the finished cluster: its no-op time and
+changed count.
 
 - pilothouse: roles/site.yml as `pulumi up` runs it (the add-ons and samples Pulumi deploys afterwards are not
   part of the spans).
@@ -184,11 +185,16 @@ def install(installer: str, spec: spec_mod.ClusterSpec, kubectl: str, built: lis
                            f"(None: not within 300 s); log: {result.log}")
     time.sleep(settle)
     rss = sum(local.memory_stats(m.name)["rss"] for m in spec.machines)
-    return {"installer": installer, "machines_ssh_ready_s": round(machines_s, 1),
-            "nodes_ready_s": round(watch.ready_at - watch.began, 1),
-            "coredns_answering_s": round(watch.dns_at - watch.began, 1),
-            "playbook_s": round(playbook_s, 1), "rss_mib": round(rss / 2 ** 20),
-            "slowest_tasks": slowest_tasks(spec.name)[:10]}
+    row = {"installer": installer, "machines_ssh_ready_s": round(machines_s, 1),
+           "nodes_ready_s": round(watch.ready_at - watch.began, 1),
+           "coredns_answering_s": round(watch.dns_at - watch.began, 1),
+           "playbook_s": round(playbook_s, 1), "rss_mib": round(rss / 2 ** 20),
+           "slowest_tasks": slowest_tasks(spec.name)[:10]}
+    if installer == "pilothouse":
+        # The same playbook again on the finished cluster: what a no-op run costs, and that it changes nothing.
+        again = playbook.run_playbook(inventory, extravars, key.private_key, workdir / "logs", playbook=book)
+        row.update(noop_playbook_s=round(again.seconds, 1), noop_playbook_changed=again.changed)
+    return row
 
 
 def _tag(built: list[images.ImageFamily], prefix: str) -> str:
@@ -240,6 +246,10 @@ def main() -> None:
         summary[span] = means
         if len(installers) == 2 and means["pilothouse"]:
             print(f"{span:<20} kubeadm / pilothouse = {means['kubeadm'] / means['pilothouse']:.2f}")
+    for row in rows:
+        if "noop_playbook_s" in row:
+            print(f"{row['installer']}: playbook again on the finished cluster {row['noop_playbook_s']:.1f} s, "
+                  f"changed={row['noop_playbook_changed']}")
     for row in rows:
         print(f"\n{row['installer']}: slowest tasks")
         for task in row["slowest_tasks"]:
