@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import secrets
+import shlex
 import shutil
 import subprocess
 import sys
@@ -39,6 +40,7 @@ from bench_cluster import slowest_tasks  # noqa: E402
 from infra import artifacts, known_hosts, playbook, spec as spec_mod  # noqa: E402
 from infra.artifacts import images, registry  # noqa: E402
 from infra.machines import host, keys, local  # noqa: E402
+from infra.machines.provider import machine_record  # noqa: E402
 from infra.program import registry_endpoint  # noqa: E402
 
 PEER = Path(__file__).resolve().parent / "peer"
@@ -79,7 +81,7 @@ class Watch:
         self.ready_at: float | None = None
         self.dns_at: float | None = None
         self._stop = threading.Event()
-        self._probe = subprocess.Popen([*ssh, f"root@{worker}", "python3", "-c", _quoted(DNS_PROBE), dns,
+        self._probe = subprocess.Popen([*ssh, f"root@{worker}", "python3", "-c", shlex.quote(DNS_PROBE), dns,
                                         "kubernetes.default.svc.cluster.local"],
                                        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         self._nodes = threading.Thread(target=self._watch_nodes, args=(kubectl, kubeconfig, nodes), daemon=True)
@@ -112,11 +114,6 @@ class Watch:
             self._probe.wait()
 
 
-def _quoted(script: str) -> str:
-    """The script as one argument for the remote shell ssh hands it to."""
-    return "'" + script.replace("'", "'\"'\"'") + "'"
-
-
 def families() -> list[images.ImageFamily]:
     """Every image either installer pulls: lock.yaml's and the peer's control-plane images."""
     return [*images.ensure_images(build=False),
@@ -127,8 +124,7 @@ def machines_up(spec: spec_mod.ClusterSpec, key: keys.KeyPair) -> list[dict]:
     def create(m) -> dict:
         state = local.create(local.MachineSpec(m.name, m.address, spec.machine_cidr.prefixlen,
                                                local.bridge_name(spec.name), key.public_key), key.private_key)
-        return {"name": m.name, "roles": list(m.roles), "address": m.address, "ssh_address": m.address,
-                "ssh_user": "root", "ssh_key_file": "", "jump_host": "", "ssh_host_key": state.ssh_host_key}
+        return machine_record(m, state.ssh_host_key)
 
     with ThreadPoolExecutor(max_workers=len(spec.machines)) as pool:
         return list(pool.map(create, spec.machines))
@@ -141,8 +137,8 @@ def machines_down(spec: spec_mod.ClusterSpec) -> None:
     host.remove_bridge_if_unused(local.bridge_name(spec.name))
 
 
-def install(installer: str, spec: spec_mod.ClusterSpec, kubectl: str, built: list[images.ImageFamily],
-            pinned: dict[str, str], settle: float) -> dict:
+def install(installer: str, spec: spec_mod.ClusterSpec, kubectl: str, kubeadm: str,
+            built: list[images.ImageFamily], settle: float) -> dict:
     workdir = playbook.cluster_dir(spec.name)
     shutil.rmtree(workdir, ignore_errors=True)
     key = keys.generate_ed25519(f"pilothouse-{spec.name}")
@@ -153,13 +149,13 @@ def install(installer: str, spec: spec_mod.ClusterSpec, kubectl: str, built: lis
     handle = registry.start([registry_endpoint(spec)], readonly=True)
     registry.publish(handle.home, built, log=lambda _m: None)
     inventory = playbook.inventory(spec, records)
-    extravars = playbook.extravars(spec, f"http://{registry_endpoint(spec)}", pinned)
+    extravars = playbook.extravars(spec, f"http://{registry_endpoint(spec)}", registry.pinned_refs(built))
     book, kubeconfig = "site.yml", workdir / "admin.kubeconfig"
     if installer == "kubeadm":
         kubeconfig = workdir / "kubeadm-admin.conf"
         book = str(PEER / "kubeadm.yml")
         extravars.update(
-            peer_kubeadm=str(artifacts.ensure_tool("kubeadm", log=lambda _m: None).file("kubeadm")),
+            peer_kubeadm=kubeadm,
             peer_token=f"{secrets.token_hex(3)}.{secrets.token_hex(8)}", peer_certificate_key=secrets.token_hex(32),
             peer_admin_kubeconfig=str(kubeconfig), peer_etcd_tag=_tag(built, "registry.k8s.io/etcd:"),
             peer_coredns_tag=_tag(built, "registry.k8s.io/coredns/coredns:"))
@@ -218,9 +214,8 @@ def main() -> None:
     os.environ["ANSIBLE_CALLBACK_PLUGINS"] = str(playbook.ROLES / "callback_plugins")
     spec = spec_mod.from_config(SETTINGS)
     kubectl = str(artifacts.ensure_all(log=lambda _m: None)[0].file("kubectl"))
-    artifacts.ensure_tool("kubeadm")
+    kubeadm = str(artifacts.ensure_tool("kubeadm").file("kubeadm"))
     built = families()
-    pinned = registry.pinned_refs(images.ensure_images(build=False))
     installers = [args.only] if args.only else list(INSTALLERS)
     rows = []
     print(f"{'installer':<11} {'machines':>9} {'nodes Ready':>12} {'CoreDNS':>8} {'playbook':>9} {'RSS MiB':>8}")
@@ -229,7 +224,7 @@ def main() -> None:
             for installer in installers:
                 last = run == args.runs - 1 and installer == installers[-1]
                 try:
-                    row = install(installer, spec, kubectl, built, pinned, args.settle)
+                    row = install(installer, spec, kubectl, kubeadm, built, args.settle)
                 finally:
                     if not (args.keep and last):
                         machines_down(spec)

@@ -9,23 +9,22 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 
-def test_roles_pass_ansible_lint_production_profile():
+def assert_lint_clean(target: str, env: dict | None = None) -> None:
     lint = Path(sys.executable).with_name("ansible-lint")
-    out = subprocess.run([str(lint), "--profile", "production", "roles/"], cwd=REPO,
-                         capture_output=True, text=True, timeout=300)
+    out = subprocess.run([str(lint), "--profile", "production", target], cwd=REPO,
+                         capture_output=True, text=True, timeout=300, env=env)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "0 failure(s)" in out.stderr + out.stdout
+
+
+def test_roles_pass_ansible_lint_production_profile():
+    assert_lint_clean("roles/")
 
 
 def test_the_kubeadm_peers_playbook_passes_ansible_lint_production_profile():
     """tests/peer/kubeadm.yml (tests/bench_kubeadm.py) uses the roles' modules and filters, found through their
     ansible.cfg."""
-    lint = Path(sys.executable).with_name("ansible-lint")
-    out = subprocess.run([str(lint), "--profile", "production", "tests/peer/kubeadm.yml"], cwd=REPO,
-                         capture_output=True, text=True, timeout=300,
-                         env={**os.environ, "ANSIBLE_CONFIG": str(REPO / "roles" / "ansible.cfg")})
-    assert out.returncode == 0, out.stdout + out.stderr
-    assert "0 failure(s)" in out.stderr + out.stdout
+    assert_lint_clean("tests/peer/kubeadm.yml", {**os.environ, "ANSIBLE_CONFIG": str(REPO / "roles" / "ansible.cfg")})
 
 
 def test_every_role_declares_its_variables_in_argument_specs():

@@ -145,6 +145,14 @@ class SshKey(Resource):
                          pulumi.ResourceOptions.merge(opts, secret))
 
 
+def machine_record(machine: Machine, ssh_host_key: str) -> dict:
+    """A local machine's record in the backends' `machines` output: root over SSH on its own address, with the
+    cluster's key and its pinned host key."""
+    return {"name": machine.name, "roles": list(machine.roles), "address": machine.address,
+            "ssh_address": machine.address, "ssh_user": "root", "ssh_key_file": "", "jump_host": "",
+            "ssh_host_key": ssh_host_key}
+
+
 class LocalMachines(pulumi.ComponentResource):
     """Every machine of the spec as a systemd-nspawn machine on this host, on the cluster's own bridge,
     sharing one SSH key. Subclasses choose another kind of machine for some of them (`_machine`)."""
@@ -161,9 +169,7 @@ class LocalMachines(pulumi.ComponentResource):
         booted = [self._machine(f"{name}-{m.name}", spec, m, key, child) for m in spec.machines]
         # Known once every machine answers SSH, so whatever reads them waits for the machines.
         self.machines = pulumi.Output.all(*[b.ssh_host_key for b in booted]).apply(lambda host_keys: [
-            {"name": m.name, "roles": list(m.roles), "address": m.address, "ssh_address": m.address,
-             "ssh_user": "root", "ssh_key_file": "", "jump_host": "", "ssh_host_key": host_key}
-            for m, host_key in zip(spec.machines, host_keys)])
+            machine_record(m, host_key) for m, host_key in zip(spec.machines, host_keys)])
         self.ssh_private_key = key.private_key
         self.register_outputs({"machines": self.machines, "ssh_private_key": self.ssh_private_key})
 
