@@ -264,9 +264,6 @@ class RunResult:
     log: Path
 
 
-HOST_KEY_REFUSED = ("Host key verification failed", "unrecognized or mismatching host key")
-
-
 def failures(events) -> list[str]:
     """One line per failed or unreachable host from ansible-runner's events: host, task and Ansible's own
     message, which is what a person needs to fix it (the full log has the rest)."""
@@ -281,8 +278,7 @@ def failures(events) -> list[str]:
         message = res.get("msg") or res.get("stderr") or res.get("message") or "no message"
         if isinstance(message, str) and res.get("stderr") and res.get("msg") and res["stderr"] not in message:
             message = f"{message}: {res['stderr']}"
-        # ssh's own words, and Mitogen's (roles/ansible.cfg) for the same refusal.
-        if any(said in str(message) for said in HOST_KEY_REFUSED):
+        if "Host key verification failed" in str(message):
             message = ("its SSH host key is not the one recorded in the cluster's known_hosts file, so nothing was "
                        "sent to it: another machine may answer at its address. If the host was reinstalled, remove "
                        f"its line (`ssh-keygen -R <address> -f <cluster dir>/known_hosts`) and run again. ssh said: {message}")
