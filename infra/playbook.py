@@ -162,9 +162,6 @@ def inventory(spec: ClusterSpec, machines: list[dict] | None = None) -> dict:
         "pilothouse_api_endpoint": spec.api_address,
         "pilothouse_api_port": API_PORT,
         "pilothouse_api_vip": spec.vip or "",
-        # Mitogen (roles/ansible.cfg) asks ssh for compression by default: on these links it only costs CPU, and
-        # a fresh cluster's run took 140 s with it against 70 s without (the binaries are most of what goes over).
-        "mitogen_ssh_compression": False,
     }
     if spec.etcd_backup_schedule:  # without them the role's default (off) removes a timer an earlier run made
         cluster_vars.update(etcd_backup_timer=True, etcd_backup_schedule=spec.etcd_backup_schedule,
@@ -237,24 +234,6 @@ def roles_digest(root: Path = ROLES) -> str:
     for path in sorted(p for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
         digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()
-
-
-def record_first_use_keys(inventory: dict) -> None:
-    """Record the host key of every host whose key is not pinned, as the inventory's `accept-new` would on first
-    use. Mitogen's ssh (roles/ansible.cfg) puts `StrictHostKeyChecking yes` before the inventory's options, and
-    ssh keeps an option's first value, so an unrecorded key would be refused. ssh records the key during the key
-    exchange, before it authenticates; whether it then logs in does not matter here (a key that changed since it
-    was recorded fails this step and then the playbook's connection, as it should)."""
-    for name, host in inventory["all"]["hosts"].items():
-        if KNOWN_HOST_VAR in host or "ansible_ssh_common_args" not in host:
-            continue
-        user = ["-l", host["ansible_user"]] if "ansible_user" in host else []
-        try:
-            subprocess.run(["ssh", *shlex.split(host["ansible_ssh_common_args"]), *user, "-o", "BatchMode=yes",
-                            "-o", "ConnectTimeout=20", host.get("ansible_host", name), "true"],
-                           stdin=subprocess.DEVNULL, capture_output=True, timeout=60)
-        except subprocess.TimeoutExpired:
-            pass  # the playbook's own connection then names the host as unreachable
 
 
 @dataclass(frozen=True)
@@ -334,7 +313,6 @@ def run_playbook(inventory: dict, extravars: dict, ssh_private_key: str, log_dir
     # The pinned host keys go into the file the inventory's ssh options check (machines made anew replace theirs).
     known_hosts.write(cluster_dir(inventory["all"]["vars"]["pilothouse_cluster_name"]) / known_hosts.FILE_NAME,
                       [h[KNOWN_HOST_VAR] for h in inventory["all"]["hosts"].values() if KNOWN_HOST_VAR in h])
-    record_first_use_keys(inventory)
     started = time.monotonic()
     if scale_nodes:
         playbook, extravars = "scale.yml", {**extravars, "pilothouse_scale_nodes": scale_nodes}

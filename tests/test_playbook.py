@@ -54,9 +54,8 @@ def test_inventory_hosts_carry_their_addresses_and_local_machines_only_their_pin
     assert inv["vars"]["pilothouse_api_vip"] == ""
 
 
-def test_inventory_carries_only_what_the_roles_read_and_the_connection_setting_mitogen_reads():
+def test_inventory_carries_only_what_the_roles_read():
     inv = playbook.inventory(from_config({}))["all"]
-    assert inv["vars"].pop("mitogen_ssh_compression") is False
     assert sorted(inv["vars"]) == [
         "pilothouse_api_endpoint",
         "pilothouse_api_port",
