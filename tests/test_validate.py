@@ -166,7 +166,9 @@ def runs(request, tmp_path_factory):
     root = tmp_path_factory.mktemp("validate")
     jobs = {}
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(artifacts, "lookup_go", _fake_lookup_go(root / "bin"))
+        fake = _fake_lookup_go(root / "bin")
+        mp.setattr(artifacts, "lookup_go", fake)
+        mp.setattr(artifacts, "lookup_kubernetes", lambda version, lock=None: fake("kubernetes"))
         validate = _validate_play(root)
         for case in _selected(request, "test_validate_accepts_every_cluster_the_spec_accepts"):
             jobs[("accepted", case)] = (_prepare(mp, root, f"ok {case}", ACCEPTED[case]), validate)
