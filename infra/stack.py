@@ -7,6 +7,7 @@ through the SDK's `pulumi-resource-pulumi-python` script.
 """
 from __future__ import annotations
 
+import atexit
 import os
 import secrets
 import shutil
@@ -100,9 +101,19 @@ def pulumi_env(state_dir: Path) -> dict[str, str]:
         # Dynamic providers run in this venv's Python, and unpickle classes from `infra` by module name.
         "PULUMI_PYTHON_CMD": sys.executable,
         "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+        # The CLI and its plugins make their temporary files in the state's own private directory rather than
+        # in /tmp: the pulumi-kubernetes provider writes the admin kubeconfig it is given to a new file there
+        # every time it starts (for Helm, which this program does not use) and never removes it.
+        "TMPDIR": str(private_dir(state_dir / "tmp")),
     }
     install_kubernetes_plugin(env)
     return env
+
+
+def sweep_kubeconfig_copies(tmp: Path) -> None:
+    """Remove the kubeconfig copies the pulumi-kubernetes provider left in `tmp` (see pulumi_env)."""
+    for path in tmp.glob("kubeconfig*"):
+        path.unlink(missing_ok=True)
 
 
 def install_kubernetes_plugin(env: dict[str, str]) -> None:
@@ -120,8 +131,11 @@ def select_stack(stack: str, program: Callable[[], None], state_dir: Path,
                  work_dir: Path = REPO, config: dict[str, str] | None = None) -> auto.Stack:
     env = pulumi_env(state_dir)
     # The CLI is found on PATH (the artifact directory comes first), and the dynamic providers it spawns
-    # inherit this environment.
-    os.environ.update(env)
+    # inherit this environment. TMPDIR reaches only the CLI, through the workspace: this process keeps its own.
+    os.environ.update({k: v for k, v in env.items() if k != "TMPDIR"})
+    tmp = Path(env["TMPDIR"])
+    sweep_kubeconfig_copies(tmp)  # what a plain `pulumi up` or a killed run left
+    atexit.register(sweep_kubeconfig_copies, tmp)
     command = auto.PulumiCommand()
     workspace = auto.LocalWorkspaceOptions(work_dir=str(work_dir), env_vars=env, pulumi_command=command,
                                            pulumi_home=env["PULUMI_HOME"])

@@ -10,6 +10,9 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import tempfile
+import time
+from pathlib import Path
 
 import pytest
 
@@ -41,8 +44,15 @@ def test_every_sample_workload_behaves_as_the_notes_say(shared_cluster):
 
 
 def test_a_second_pulumi_up_changes_nothing(shared_cluster):
+    since = time.time()
     result = shared_cluster.stack.up(expect_no_changes=True)
     assert set(result.summary.resource_changes) == {"same"}, result.summary.resource_changes
+    # pulumi-kubernetes copies the admin kubeconfig to a new file in $TMPDIR each time it starts: the copies
+    # of this run are in the stack's private directory (stack.pulumi_env), none in the host's /tmp.
+    def copies(directory: Path) -> list[Path]:
+        return [p for p in directory.glob("kubeconfig*") if p.stat().st_mtime >= since]
+    assert copies(shared_cluster.workdir / "state" / "tmp")
+    assert copies(Path(tempfile.gettempdir())) == []
 
 
 def test_plain_pulumi_preview_runs_the_same_program_and_sees_no_change(shared_cluster):
