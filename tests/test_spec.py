@@ -1,22 +1,16 @@
-"""The cluster spec: defaults, the derived layout, and every refusal (each naming its fix)."""
+"""The cluster spec: defaults, the derived layout, and every refusal (each naming its fix). The hosts of backend
+existing are in test_spec_existing.py, reading the stack's config in test_spec_config.py."""
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
-import json
-from pathlib import Path
 
-import pulumi
 import pytest
-import yaml
 
 from infra import spec as cluster_spec, spec_checks
 from infra.machines import local
 from infra.machines.errors import MachineSpecError
 from infra.spec import SpecError, from_config
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def problems_of(cfg: dict) -> list[str]:
@@ -311,150 +305,6 @@ def test_aws_needs_operator_cidr_vxlan_and_a_single_lb():
     refused({"backend": "aws", "podNetwork": "vxlan", "operatorCidr": "0.0.0.0/0"}, "whole internet")
 
 
-# --- backend existing -----------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def key_file(tmp_path) -> str:
-    path = tmp_path / "id_ed25519"
-    path.write_text("not read by the spec, only found\n")
-    return str(path)
-
-
-def existing(key_file: str, *extra: str, **overrides) -> dict:
-    """Backend existing with the default HA topology (1 LB, 3 stacked masters, 2 workers) on 10.77.0.0/24."""
-    hosts = ["lb address=10.77.0.10 roles=lb", "m1 address=10.77.0.20 roles=master,etcd",
-             "m2 address=10.77.0.21 roles=master,etcd", "m3 address=10.77.0.22 roles=master,etcd",
-             "w1 address=10.77.0.40 roles=worker", "w2 address=10.77.0.41 roles=worker", *extra]
-    return {"backend": "existing", "hosts": hosts, "sshKeyPath": key_file, **overrides}
-
-
-def test_existing_hosts_keep_their_pod_subnets_when_masters_are_added_and_more_than_10_masters_are_refused(key_file):
-    before = {m.name: m.pod_subnet for m in from_config(existing(key_file)).nodes}
-    grown = from_config(existing(key_file, "m4 address=10.77.0.23 roles=master,etcd",
-                                 "m5 address=10.77.0.24 roles=master,etcd"))
-    after = {m.name: m.pod_subnet for m in grown.nodes}
-    assert {n: after[n] for n in before} == before and after["m5"] == "10.244.4.0/24"
-    many = [f"c{i} address=10.77.0.{50 + i} roles=master" for i in range(11)]
-    hosts = ["lb address=10.77.0.10 roles=lb", "e1 address=10.77.0.30 roles=etcd", "w1 address=10.77.0.40 roles=worker"]
-    refused({**existing(key_file), "hosts": hosts + many}, "host c10: more than 10 masters")
-
-
-def test_existing_hosts_become_the_machines_with_their_roles_addresses_and_access(key_file):
-    cfg = existing(key_file)
-    cfg["hosts"][4] += " user=debian jump=admin@10.77.0.10:2222"
-    spec = from_config(cfg)
-    assert [(m.name, m.roles, m.address) for m in spec.machines] == [
-        ("lb", ("lb",), "10.77.0.10"), ("m1", ("master", "etcd"), "10.77.0.20"),
-        ("m2", ("master", "etcd"), "10.77.0.21"), ("m3", ("master", "etcd"), "10.77.0.22"),
-        ("w1", ("worker",), "10.77.0.40"), ("w2", ("worker",), "10.77.0.41")]
-    assert spec.stacked_etcd and spec.api_address == "10.77.0.10"
-    assert [m.pod_subnet for m in spec.nodes] == [f"10.244.{i}.0/24" for i in (0, 1, 2, 10, 11)]
-    assert spec.access("m1") == cluster_spec.SshAccess("root", key_file, "")
-    assert spec.access("w1") == cluster_spec.SshAccess("debian", key_file, "admin@10.77.0.10:2222")
-
-
-def test_existing_roles_may_be_written_in_any_order_and_etcd_may_have_hosts_of_its_own(key_file):
-    spec = from_config(existing(key_file, hosts=[
-        "m1 address=10.77.0.20 roles=master", "e1 address=10.77.0.30 roles=etcd", "w1 address=10.77.0.40 roles=worker"],
-        ha=False))
-    assert spec.etcd[0].name == "e1" and not spec.stacked_etcd
-    again = from_config(existing(key_file, hosts=["m1 address=10.77.0.20 roles=etcd,master",
-                                                  "w1 address=10.77.0.40 roles=worker"], ha=False))
-    assert again.masters[0].roles == ("master", "etcd")
-
-
-def test_existing_needs_hosts_and_says_how_to_set_one():
-    refused({"backend": "existing"}, "needs pilothouse:hosts", "pulumi config set --path 'pilothouse:hosts[0]'")
-
-
-@pytest.mark.parametrize("line, fragment", [
-    ("Node_1 address=10.77.0.50 roles=worker", "must start with the host's name, a DNS-1123 label"),
-    ("w3 address=10.77.0.50 roles=worker colour=blue", "'colour=blue' is not a field"),
-    ("w3 roles=worker", "address= missing"),
-    ("w3 address=node.example roles=worker", "not an IPv4 address; the roles use it as the node's IP"),
-    ("w3 address=10.99.0.50 roles=worker", "not a usable address of machineCidr 10.77.0.0/24"),
-    ("w3 address=10.77.0.1 roles=worker", "this host is 10.77.0.1"),
-    ("w3 address=10.77.0.205 roles=worker", "in MetalLB's LoadBalancer range"),
-    ("w3 address=10.77.0.50 roles=lb,master", "roles=lb,master is not a role set"),
-    ("w3 address=10.77.0.50 roles=worker user=Root!", "SSH user 'Root!' is not a user name"),
-    ("w3 address=10.77.0.50 roles=worker key=/nonexistent/id", "SSH key file /nonexistent/id does not exist"),
-    ("w3 address=10.77.0.50 roles=worker jump=a@b@c", "jump host 'a@b@c' is not [user@]host[:port]"),
-    ("w3 address=10.77.0.50 roles=worker jump=bastion:70000", "is not [user@]host[:port]"),
-    ("w1 address=10.77.0.50 roles=worker", "names repeat (w1)"),
-    ("w3 address=10.77.0.40 roles=worker", "addresses repeat (10.77.0.40)"),
-])
-def test_existing_host_lines_are_checked_one_by_one(key_file, line, fragment):
-    refused(existing(key_file, line), fragment)
-
-
-def test_existing_without_a_key_names_both_ways_to_give_one(key_file):
-    problems = problems_of(existing(key_file, sshKeyPath=""))
-    assert [p.split(":")[1] for p in problems] == [f"hosts host {h}" for h in ("lb", "m1", "m2", "m3", "w1", "w2")]
-    assert all("no SSH key; set pilothouse:sshKeyPath (every host) or key= on its line" in p for p in problems)
-
-
-@pytest.mark.parametrize("hosts, fragment", [
-    (["m1 address=10.77.0.20 roles=master,etcd", "m2 address=10.77.0.21 roles=master,etcd",
-      "m3 address=10.77.0.22 roles=master,etcd", "w1 address=10.77.0.40 roles=worker"], "no load balancer"),
-    (["lb address=10.77.0.10 roles=lb", "m1 address=10.77.0.20 roles=master,etcd",
-      "m2 address=10.77.0.21 roles=master,etcd", "w1 address=10.77.0.40 roles=worker"], "2 etcd members"),
-    (["lb address=10.77.0.10 roles=lb", "m1 address=10.77.0.20 roles=master,etcd",
-      "m2 address=10.77.0.21 roles=master,etcd", "m3 address=10.77.0.22 roles=master,etcd"], "has no worker"),
-    (["lb address=10.77.0.10 roles=lb", "m1 address=10.77.0.20 roles=master,etcd",
-      "m2 address=10.77.0.21 roles=master", "e1 address=10.77.0.30 roles=etcd", "e2 address=10.77.0.31 roles=etcd",
-      "w1 address=10.77.0.40 roles=worker"], "mixes stacked and separate etcd"),
-])
-def test_existing_topologies_follow_the_same_rules_as_counts(key_file, hosts, fragment):
-    refused(existing(key_file, hosts=hosts), fragment)
-
-
-def test_existing_two_lbs_need_a_vip_like_any_backend(key_file):
-    refused(existing(key_file, "lb2 address=10.77.0.11 roles=lb"), "keepalived needs a virtual address")
-    assert from_config(existing(key_file, "lb2 address=10.77.0.11 roles=lb", vip="10.77.0.5")).vip == "10.77.0.5"
-
-
-def test_existing_refuses_counts_and_other_backends_refuse_hosts(key_file):
-    refused(existing(key_file, workers=4), "pilothouse:workers does not apply to backend existing")
-    refused({"hosts": ["w1 address=10.77.0.40 roles=worker"]}, "pilothouse:hosts is for backend existing only")
-    # Pulumi fills in every declared default: those are not the user's choice and pass.
-    defaults = {k: key.default for k, key in cluster_spec.KEYS.items()}
-    assert from_config(defaults).backend == "local"
-    assert len(from_config({**defaults, **existing(key_file)}).machines) == 6
-
-
-def test_existing_hosts_are_read_from_a_stack_file_and_from_the_automation_api_as_json(key_file):
-    cfg = {f"pilothouse:{k}": v for k, v in existing(key_file).items()}
-    assert len(cluster_spec.from_stack_config(cfg).machines) == 6
-    as_text = {**cfg, "pilothouse:hosts": json.dumps(cfg["pilothouse:hosts"])}
-    assert len(cluster_spec.from_stack_config(as_text).machines) == 6
-    with pytest.raises(SpecError, match="pilothouse:hosts must be a list of strings"):
-        cluster_spec.from_stack_config({**cfg, "pilothouse:hosts": "lb address=10.77.0.10"})
-
-
-def test_existing_hosts_are_read_from_pulumi_config(key_file):
-    cfg = existing(key_file)
-    with stack_config({"pilothouse:backend": "existing", "pilothouse:sshKeyPath": key_file,
-                       "pilothouse:hosts": json.dumps(cfg["hosts"])}):
-        spec = cluster_spec.from_pulumi_config()
-    assert [m.name for m in spec.masters] == ["m1", "m2", "m3"]
-
-
-def test_every_problem_is_reported_at_once():
-    problems = problems_of(
-        {
-            "backend": "gce",
-            "etcdNodes": 4,
-            "serviceCidr": "10.96.0.0/28",
-            "ha": "yes",
-            "kubernetesVersion": "v1.0.0",
-        }
-    )
-    assert len(problems) == 5, problems
-    message = str(SpecError(problems))
-    assert message.startswith("the cluster spec has 5 problem(s); nothing was created")
-
-
 # --- the machine network's layout -------------------------------------------------------------------
 
 
@@ -606,127 +456,6 @@ def test_bridge_name_keeps_short_names_and_hashes_long_ones_apart():
         assert local.bridge_name(long) == name  # stable across runs
     # A shortened name holds '_', which no cluster name (a DNS label) can, so it never equals a kept one.
     assert "_" in local.bridge_name("c" * 13) and not cluster_spec.DNS_1123_LABEL.match("c" * 12 + "_")
-
-
-# --- stack config --------------------------------------------------------------------------------------
-
-PULUMI_TYPES = {bool: "boolean", int: "integer", str: "string", list: "array"}
-
-
-def test_pulumi_yaml_declares_every_key_as_the_spec_does():
-    project = yaml.safe_load((ROOT / "Pulumi.yaml").read_text())
-    assert project["name"] == "pilothouse" and project["main"] == "infra/"
-    assert project["runtime"] == {"name": "python", "options": {"toolchain": "pip"}}  # venv: invoke env
-    declared = project["config"]
-    assert sorted(declared) == sorted(f"pilothouse:{k}" for k in cluster_spec.KEYS)
-    for key, want in cluster_spec.KEYS.items():
-        got = declared[f"pilothouse:{key}"]
-        typed = {"type": PULUMI_TYPES[want.type]}
-        if want.type is list:
-            typed["items"] = {"type": "string"}  # Pulumi types array items; objects it cannot declare
-        assert got == {**typed, "default": want.default, "description": want.description}, key
-
-
-def test_default_stack_is_the_default_local_ha_cluster():
-    stack = yaml.safe_load((ROOT / "Pulumi.dev.yaml").read_text())["config"]
-    spec = from_config({k.removeprefix("pilothouse:"): v for k, v in stack.items()})
-    assert spec.backend == "local"
-    assert (len(spec.masters), len(spec.workers), len(spec.lbs)) == (3, 2, 1)
-
-
-class _ConfigMocks(pulumi.runtime.Mocks):
-    def new_resource(self, args):
-        return f"{args.name}-id", args.inputs
-
-    def call(self, args):
-        return {}
-
-
-@contextlib.contextmanager
-def stack_config(values: dict[str, str]):
-    """Pulumi's config as a running program sees it, for the duration of the block."""
-    pulumi.runtime.set_mocks(_ConfigMocks(), project="pilothouse", stack="test", preview=False)
-    pulumi.runtime.set_all_config(values)
-    try:
-        yield
-    finally:
-        pulumi.runtime.set_all_config({})
-
-
-def test_from_pulumi_config_reads_typed_stack_values():
-    with stack_config(
-        {
-            "pilothouse:workers": "4",
-            "pilothouse:ha": "true",
-            "pilothouse:lbs": "2",
-            "pilothouse:vip": "10.77.0.5",
-        }
-    ):
-        spec = cluster_spec.from_pulumi_config()
-    assert len(spec.workers) == 4 and spec.vip == "10.77.0.5"
-
-
-def test_from_pulumi_config_refuses_a_non_numeric_count():
-    with stack_config({"pilothouse:masters": "three"}):
-        with pytest.raises(SpecError, match="pilothouse:masters must be a whole number.*--type int"):
-            cluster_spec.from_pulumi_config()
-
-
-def test_from_pulumi_config_reports_a_stack_key_pulumi_yaml_does_not_declare():
-    # Pulumi type-checks declared keys only; a misspelt one would otherwise be ignored.
-    with stack_config({"pilothouse:wrokers": "4", "aws:region": "eu-west-1"}):
-        with pytest.raises(SpecError, match="unknown config key pilothouse:wrokers; did you mean workers?"):
-            cluster_spec.from_pulumi_config()
-
-
-def test_from_stack_config_reads_strings_as_pulumi_config_does():
-    spec = cluster_spec.from_stack_config(
-        {"pilothouse:workers": "4", "pilothouse:ha": "True", "masters": "3", "kubernetes:context": "x"}
-    )
-    assert len(spec.workers) == 4 and spec.ha and len(spec.masters) == 3
-    with pytest.raises(SpecError) as caught:
-        cluster_spec.from_stack_config({"pilothouse:ha": "yes", "pilothouse:lbs": "one", "pilothouse:mastrs": "3"})
-    assert caught.value.problems == [
-        "pilothouse:ha must be a boolean (true or false), not 'yes'; fix it with "
-        "`pulumi config set --type bool pilothouse:ha <value>`",
-        "pilothouse:lbs must be a whole number, not 'one'; fix it with "
-        "`pulumi config set --type int pilothouse:lbs <value>`",
-        "unknown config key pilothouse:mastrs; did you mean masters? Rename or remove it (Pulumi.yaml declares "
-        "every key)",
-    ]
-
-
-def test_from_stack_config_reads_a_stack_file_and_leaves_encrypted_values_to_the_program(tmp_path):
-    stack = yaml.safe_load(
-        "config:\n"
-        "  pilothouse:workers: 3\n"
-        "  pilothouse:ha: true\n"
-        "  pilothouse:operatorCidr:\n"
-        "    secure: v1:AAAA\n"
-        "  pilothouse:machineCidr: 198.51.100.0/24\n"
-    )["config"]
-    with pytest.raises(SpecError) as caught:
-        cluster_spec.from_stack_config(stack)
-    assert len(caught.value.problems) == 1 and "198.51.100.0/24 is not a private network" in str(caught.value)
-    stack["pilothouse:allowPublicCidrs"] = True
-    assert len(cluster_spec.from_stack_config(stack).workers) == 3
-
-
-def test_load_turns_a_refused_spec_into_a_run_error_carrying_only_the_problems():
-    with stack_config({"pilothouse:machineCidr": "10.77.0.0/28"}):
-        with pytest.raises(pulumi.RunError) as caught:
-            cluster_spec.load()
-        with pytest.raises(SpecError) as direct:
-            cluster_spec.from_pulumi_config()
-    assert str(caught.value) == str(direct.value)
-    assert str(caught.value).startswith("the cluster spec has 1 problem(s); nothing was created:\n  - ")
-    # Raised `from None`: nothing chained that a runtime could print along with it.
-    assert caught.value.__cause__ is None and caught.value.__suppress_context__
-
-
-def test_load_returns_the_spec_when_the_config_is_good():
-    with stack_config({"pilothouse:workers": "3"}):
-        assert len(cluster_spec.load().workers) == 3
 
 
 def test_libvirt_options_are_checked_with_the_fix():
