@@ -29,6 +29,13 @@ def test_every_image_comes_after_its_base_and_the_artifact_it_wraps_and_the_long
     assert all(prev.key in step.after for prev, step in zip(images, images[1:])), "the image lane is one at a time"
 
 
+def test_another_kubernetes_release_starts_right_after_the_default_one():
+    lock = load_lock()
+    go = {**lock["go"], "kubernetes-v1.35.4": {**lock["go"]["kubernetes"], "version": "v1.35.4"}}
+    keys = [s.key for s in buildplan.plan(go, {}, "bookworm") if s.kind == "go"]
+    assert keys[:4] == ["go:pulumi-kubernetes", "go:traefik", "go:kubernetes", "go:kubernetes-v1.35.4"]
+
+
 def sleepy(seconds: dict[str, float], fail: str = ""):
     """A build that sleeps; `state` records how many ran at once and when each started and ended."""
     state = {"now": 0, "most": 0, "start": {}, "end": {}}

@@ -2,8 +2,8 @@
 would: every API server first, one at a time behind the load balancers, then the controller managers and
 schedulers, then node by node a drain, the new kubelet and kube-proxy, and an uncordon, while the API keeps
 answering. The last tests on the shared cluster (conftest runs them in file order), which stays on the new
-release until it is destroyed. The release is built here on first use (about 11 minutes of compiling on
-2 cores): `invoke artifacts` alone does not build it.
+release until it is destroyed. `invoke test` builds the release beside the other artifacts; a run of this file
+alone builds it here on first use (about 11 minutes of compiling on 2 cores).
 """
 from __future__ import annotations
 

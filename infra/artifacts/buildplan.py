@@ -51,9 +51,15 @@ class Step:
         return f"{self.kind} {self.name} {self.version}"
 
 
+def _rank(name: str) -> int:
+    # Another pinned Kubernetes release (cached as kubernetes-<version>) builds as long as the default one.
+    name = "kubernetes" if name.startswith("kubernetes-") else name
+    return LONGEST.index(name) if name in LONGEST else len(LONGEST)
+
+
 def plan(go: dict, families: dict, rootfs_suite: str) -> list[Step]:
     """The steps for the lock's `go:` artifacts and image `families`, in the order they should start."""
-    names = sorted(go, key=lambda n: LONGEST.index(n) if n in LONGEST else len(LONGEST))
+    names = sorted(go, key=_rank)
     steps = [Step("go", name, go[name]["version"]) for name in names]
     lane = [Step("rootfs", "machine base", rootfs_suite)]
     for name in sorted(families, key=lambda n: "artifact" in families[n]):  # stable: lock order otherwise
