@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shlex
 import shutil
 import subprocess
@@ -33,6 +34,8 @@ ROLES = Path(__file__).resolve().parent.parent / "roles"
 # never re-runs the playbook.
 ROLE_ARTIFACTS = ("etcd", "etcdutl")  # and the Kubernetes release the spec names
 CLUSTERS_ROOT = Path.home() / ".local" / "share" / "pilothouse"
+# A run's private data for ansible-runner (inventory, extra vars, the SSH key), in a temporary directory.
+PRIVATE_PREFIX = "pilothouse-ansible-"
 
 
 def cluster_dir(cluster_name: str) -> Path:
@@ -316,7 +319,8 @@ def run_playbook(inventory: dict, extravars: dict, ssh_private_key: str, log_dir
     started = time.monotonic()
     if scale_nodes:
         playbook, extravars = "scale.yml", {**extravars, "pilothouse_scale_nodes": scale_nodes}
-    with tempfile.TemporaryDirectory(prefix="pilothouse-ansible-") as private:
+    # The pid in the name tells stack.sweep_temporary_files whether a left directory's run is still going.
+    with tempfile.TemporaryDirectory(prefix=f"{PRIVATE_PREFIX}{os.getpid()}-") as private:
         result = ansible_runner.run(
             private_data_dir=private, playbook=str(ROLES / playbook), inventory=inventory,
             extravars=extravars, ssh_key=ssh_private_key, envvars=ansible_env(), quiet=quiet,

@@ -18,7 +18,7 @@ from typing import Callable, Collection, Mapping
 
 from pulumi import automation as auto
 
-from infra import artifacts
+from infra import artifacts, playbook
 from infra.artifacts import store
 
 REPO = Path(__file__).resolve().parent.parent
@@ -110,10 +110,15 @@ def pulumi_env(state_dir: Path) -> dict[str, str]:
     return env
 
 
-def sweep_kubeconfig_copies(tmp: Path) -> None:
-    """Remove the kubeconfig copies the pulumi-kubernetes provider left in `tmp` (see pulumi_env)."""
+def sweep_temporary_files(tmp: Path) -> None:
+    """Remove what runs left in `tmp` (see pulumi_env): the pulumi-kubernetes provider's kubeconfig copies, and
+    the private data (inventory, SSH key) of playbook runs whose process is gone, as a killed run leaves it."""
     for path in tmp.glob("kubeconfig*"):
         path.unlink(missing_ok=True)
+    for path in tmp.glob(f"{playbook.PRIVATE_PREFIX}*"):
+        pid = path.name.removeprefix(playbook.PRIVATE_PREFIX).split("-")[0]
+        if not (pid.isdigit() and Path(f"/proc/{pid}").exists()):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def install_kubernetes_plugin(env: dict[str, str]) -> None:
@@ -134,8 +139,8 @@ def select_stack(stack: str, program: Callable[[], None], state_dir: Path,
     # inherit this environment. TMPDIR reaches only the CLI, through the workspace: this process keeps its own.
     os.environ.update({k: v for k, v in env.items() if k != "TMPDIR"})
     tmp = Path(env["TMPDIR"])
-    sweep_kubeconfig_copies(tmp)  # what a plain `pulumi up` or a killed run left
-    atexit.register(sweep_kubeconfig_copies, tmp)
+    sweep_temporary_files(tmp)  # what a plain `pulumi up` or a killed run left
+    atexit.register(sweep_temporary_files, tmp)
     command = auto.PulumiCommand()
     workspace = auto.LocalWorkspaceOptions(work_dir=str(work_dir), env_vars=env, pulumi_command=command,
                                            pulumi_home=env["PULUMI_HOME"])

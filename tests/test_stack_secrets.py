@@ -1,7 +1,9 @@
 """The passphrase that protects a stack's secrets on the operator's machine (infra/stack.py): none is built in,
-each backend gets its own, kept private beside the state it unlocks. No CLI needed: seconds."""
+each backend gets its own, kept private beside the state it unlocks; and the secrets runs leave in the state's
+temporary directory. No CLI needed: seconds."""
 from __future__ import annotations
 
+import os
 import stat
 import subprocess
 from pathlib import Path
@@ -9,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from infra import stack
+from infra import playbook, stack
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -69,6 +71,21 @@ def test_no_salt_of_a_shared_passphrase_is_committed_and_the_state_is_not_in_git
     assert "encryptionsalt" not in committed
     ignored = subprocess.run(["git", "check-ignore", "-q", ".pulumi/passphrase"], cwd=REPO)
     assert ignored.returncode == 0, ".pulumi/ must stay out of git"
+
+
+def test_the_sweep_removes_kubeconfig_copies_and_dead_runs_private_data_but_not_a_live_runs(tmp_path):
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    copy = tmp_path / "kubeconfig123"
+    killed = tmp_path / f"{playbook.PRIVATE_PREFIX}{dead.pid}-abc"
+    running = tmp_path / f"{playbook.PRIVATE_PREFIX}{os.getpid()}-def"
+    other = tmp_path / "pulumi-plugin-cache"
+    for directory in (killed / "env", running / "env", other):
+        directory.mkdir(parents=True)
+    copy.write_text("apiVersion: v1\n")
+    (killed / "env" / "ssh_key").write_text("key\n")
+    stack.sweep_temporary_files(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([running.name, other.name])
 
 
 def test_a_destroy_dry_run_names_each_machine_and_what_happens_to_it():
