@@ -13,11 +13,11 @@ import socket
 import ssl
 import stat
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-import ansible_runner
 import pytest
 import yaml
 from conftest import BUSYBOX, create_namespace, wait_for_default_account
@@ -314,6 +314,29 @@ def test_etcd_runs_as_its_own_user_which_alone_reads_its_data_and_keys(shared_cl
                               ).stdout.split() == ["root", "root"]
 
 
+PING = """
+import json, sys
+import ansible_runner
+from infra import playbook
+job = json.load(sys.stdin)
+run = ansible_runner.run(private_data_dir=job["dir"], host_pattern="all", module="ping", quiet=True,
+                         inventory={"all": {"hosts": job["hosts"]}}, envvars=job["env"], ssh_key=job["key"])
+print(json.dumps({"rc": run.rc, "failures": playbook.failures(run.events)}))
+"""
+
+
+def ansible_ping(directory: Path, hosts: dict, env: dict, key: str) -> tuple[int | None, list[str]]:
+    """`ansible -m ping` through ansible-runner, in a fresh interpreter: ansible-runner forks through pexpect, and
+    this process has the Automation API's gRPC threads, which can kill the forked child before it runs ansible
+    (seen once: no exit code, an epoll error); playbook._run_in_fresh_process does the same for the provider."""
+    directory.mkdir()  # ansible-runner writes its artifacts there but does not make it
+    proc = subprocess.run([sys.executable, "-c", PING], cwd=stack.REPO, capture_output=True, text=True, timeout=300,
+                          input=json.dumps({"dir": str(directory), "hosts": hosts, "env": env, "key": key}))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.splitlines()[-1])
+    return out["rc"], out["failures"]
+
+
 def test_the_cluster_known_hosts_holds_every_pinned_host_key_and_a_wrong_key_stops_ansible(shared_cluster, tmp_path):
     live, spec = shared_cluster, shared_cluster.spec
     # Every LiveCluster.ssh of the suite already checks keys strictly against this file.
@@ -330,23 +353,16 @@ def test_the_cluster_known_hosts_holds_every_pinned_host_key_and_a_wrong_key_sto
     # A connection of its own: a persistent one that an earlier run left to the real machine skips the key check.
     control = tempfile.TemporaryDirectory(prefix="cp", dir="/tmp")  # short: a socket path has 107 bytes at most
     env = {**playbook.ansible_env(), "ANSIBLE_SSH_CONTROL_PATH_DIR": control.name}
-    for runner_dir in ("runner", "runner-ok"):
-        (tmp_path / runner_dir).mkdir()  # ansible-runner writes its artifacts there but does not make it
     started = time.monotonic()
-    run = ansible_runner.run(private_data_dir=str(tmp_path / "runner"), host_pattern="all", module="ping",
-                             inventory={"all": {"hosts": {master.name: host}}}, envvars=env,
-                             ssh_key=live.outputs["ssh_private_key"], quiet=True)
-    lines = playbook.failures(run.events)
+    rc, lines = ansible_ping(tmp_path / "runner", {master.name: host}, env, live.outputs["ssh_private_key"])
     print(f"\nansible ping with a forged host key: refused in {time.monotonic() - started:.1f}s")
-    assert run.rc != 0 and len(lines) == 1, lines
+    assert rc != 0 and len(lines) == 1, lines
     assert lines[0].startswith(f"{master.name}: unreachable: its SSH host key is not the one recorded"), lines
     # The same ping with the record as the backend gives it (the real key) goes through.
     host = {"ansible_host": master.address, **playbook.connection_vars(record, live.known_hosts)}
-    run = ansible_runner.run(private_data_dir=str(tmp_path / "runner-ok"), host_pattern="all", module="ping",
-                             inventory={"all": {"hosts": {master.name: host}}}, envvars=env,
-                             ssh_key=live.outputs["ssh_private_key"], quiet=True)
+    rc, lines = ansible_ping(tmp_path / "runner-ok", {master.name: host}, env, live.outputs["ssh_private_key"])
     control.cleanup()
-    assert run.rc == 0, playbook.failures(run.events)
+    assert rc == 0, lines
 
 
 def test_the_cluster_directory_and_the_pulumi_state_on_this_host_are_private(shared_cluster):
