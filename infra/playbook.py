@@ -239,6 +239,15 @@ def roles_digest(root: Path = ROLES) -> str:
     return digest.hexdigest()
 
 
+def remove_dead_runs_data(tmp: Path) -> None:
+    """Remove the private data directories run_playbook left in `tmp` whose run's process is gone (a killed run
+    leaves its inventory and the machines' SSH key there); a live run's stays."""
+    for path in tmp.glob(f"{PRIVATE_PREFIX}*"):
+        pid = path.name.removeprefix(PRIVATE_PREFIX).split("-")[0]
+        if not (pid.isdigit() and Path(f"/proc/{pid}").exists()):
+            shutil.rmtree(path, ignore_errors=True)
+
+
 @dataclass(frozen=True)
 class RunResult:
     changed: int
@@ -319,7 +328,7 @@ def run_playbook(inventory: dict, extravars: dict, ssh_private_key: str, log_dir
     started = time.monotonic()
     if scale_nodes:
         playbook, extravars = "scale.yml", {**extravars, "pilothouse_scale_nodes": scale_nodes}
-    # The pid in the name tells stack.sweep_temporary_files whether a left directory's run is still going.
+    # The pid in the name tells remove_dead_runs_data whether a left directory's run is still going.
     with tempfile.TemporaryDirectory(prefix=f"{PRIVATE_PREFIX}{os.getpid()}-") as private:
         result = ansible_runner.run(
             private_data_dir=private, playbook=str(ROLES / playbook), inventory=inventory,

@@ -115,10 +115,7 @@ def sweep_temporary_files(tmp: Path) -> None:
     the private data (inventory, SSH key) of playbook runs whose process is gone, as a killed run leaves it."""
     for path in tmp.glob("kubeconfig*"):
         path.unlink(missing_ok=True)
-    for path in tmp.glob(f"{playbook.PRIVATE_PREFIX}*"):
-        pid = path.name.removeprefix(playbook.PRIVATE_PREFIX).split("-")[0]
-        if not (pid.isdigit() and Path(f"/proc/{pid}").exists()):
-            shutil.rmtree(path, ignore_errors=True)
+    playbook.remove_dead_runs_data(tmp)
 
 
 def install_kubernetes_plugin(env: dict[str, str]) -> None:
