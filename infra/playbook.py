@@ -317,7 +317,46 @@ def version_changed(old_inventory: dict, new_inventory: dict) -> bool:
 def run_playbook(inventory: dict, extravars: dict, ssh_private_key: str, log_dir: Path,
                  quiet: bool = True, scale_nodes: list[str] | None = None, playbook: str = "site.yml") -> RunResult:
     """Run roles/site.yml (or another playbook of roles/) against the inventory, or roles/scale.yml when only
-    `scale_nodes` (new workers) need configuring; raise PlaybookError naming the failed hosts."""
+    `scale_nodes` (new workers) need configuring; raise PlaybookError naming the failed hosts.
+
+    The run happens in a new interpreter: ansible-runner forks through pexpect, which is unsafe in a process
+    holding gRPC threads (the provider's server, the Automation API's client in invoke and the tests). Seen
+    here: the forked child lost its file descriptors, the run ended with no exit code, and ansible-runner's
+    thread feeding the SSH key through a FIFO then hung the caller at exit. A new interpreter has no threads
+    to inherit. Its result comes back through a pipe of its own, so `quiet=False` can stream Ansible's output."""
+    read_end, write_end = os.pipe()
+    job = json.dumps({"inventory": inventory, "extravars": extravars, "ssh_private_key": ssh_private_key,
+                      "log_dir": str(log_dir.resolve()), "quiet": quiet, "scale_nodes": scale_nodes or [],
+                      "playbook": playbook, "result_fd": write_end, "clusters_root": str(CLUSTERS_ROOT)})
+    # ansible-runner starts ansible-playbook from PATH: the one installed beside this interpreter.
+    env = {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
+    started = time.monotonic()
+    with tempfile.TemporaryFile() as stderr:
+        try:
+            child = subprocess.Popen([sys.executable, "-m", "infra.playbook"], stdin=subprocess.PIPE,
+                                     stdout=subprocess.DEVNULL if quiet else None, stderr=stderr,
+                                     pass_fds=(write_end,), cwd=ROLES.parent, env=env, text=True)
+        finally:
+            os.close(write_end)
+        with os.fdopen(read_end) as results:
+            child.stdin.write(job)
+            child.stdin.close()
+            said = results.read()  # until the child exits (only it holds the write end now)
+        child.wait()
+        stderr.seek(0)
+        errors = stderr.read().decode(errors="replace").strip()
+    try:
+        out = json.loads(said)
+    except ValueError:
+        raise PlaybookError(f"the playbook runner exited with {child.returncode}: {errors[-2000:]}") from None
+    if "error" in out:
+        raise PlaybookError(out["error"])
+    return RunResult(out["changed"], time.monotonic() - started, Path(out["log"]))
+
+
+def _run_here(inventory: dict, extravars: dict, ssh_private_key: str, log_dir: Path, quiet: bool,
+              scale_nodes: list[str], playbook: str) -> RunResult:
+    """run_playbook's work, in the new interpreter."""
     # log_dir sits in the cluster's directory, which will hold its PKI and admin kubeconfig: private from the start.
     for private in (log_dir.parent, log_dir):
         private.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -374,29 +413,14 @@ def follow_runs(root: Path, pattern: str, since: float, stop: threading.Event, e
                     echo(f"  ansible +{time.time() - since:4.0f}s  {line.rstrip(' *')}")
 
 
-def _run_in_fresh_process(props: dict, scale_nodes: list[str]) -> RunResult:
-    """ansible-runner forks through pexpect, which is unsafe inside the provider's gRPC server process (seen
-    here: the child lost its file descriptors and the run ended with no exit code). A new interpreter has
-    no gRPC threads to inherit."""
-    job = json.dumps({**{k: props[k] for k in ("inventory", "extravars", "ssh_private_key", "log_dir")},
-                      "scale_nodes": scale_nodes})
-    proc = subprocess.run([sys.executable, "-m", "infra.playbook"], input=job, capture_output=True, text=True)
-    try:
-        out = json.loads(proc.stdout)
-    except ValueError:
-        raise PlaybookError(f"the playbook runner exited with {proc.returncode}: {proc.stderr.strip()[-2000:]}")
-    if "error" in out:
-        raise PlaybookError(out["error"])
-    return RunResult(out["changed"], out["seconds"], Path(out["log"]))
-
-
 # The inputs whose change re-runs the playbook.
 RUN_INPUTS = ("inventory", "extravars", "roles_digest", "ssh_private_key")
 
 
 class _PlaybookProvider(dynamic.ResourceProvider):
     def _run(self, props: dict, scale_nodes: list[str] | None = None) -> dict:
-        result = _run_in_fresh_process(props, scale_nodes or [])
+        result = run_playbook(json.loads(props["inventory"]), json.loads(props["extravars"]),
+                              props["ssh_private_key"], Path(props["log_dir"]), scale_nodes=scale_nodes)
         return {**props, "changed": result.changed, "log": str(result.log)}
 
     def create(self, props):
@@ -445,12 +469,13 @@ class Playbook(dynamic.Resource):
 
 
 if __name__ == "__main__":
-    # One playbook run for the Pulumi resource: the job as JSON on stdin, the result as JSON on stdout.
-    args = json.load(sys.stdin)
-    try:
-        done = run_playbook(json.loads(args["inventory"]), json.loads(args["extravars"]), args["ssh_private_key"],
-                            Path(args["log_dir"]), scale_nodes=args["scale_nodes"])
-    except PlaybookError as exc:
-        print(json.dumps({"error": str(exc)}))
-        sys.exit(1)
-    print(json.dumps({"changed": done.changed, "seconds": done.seconds, "log": str(done.log)}))
+    # One run for run_playbook: the job as JSON on stdin, the result as JSON on the file descriptor it names.
+    job = json.load(sys.stdin)
+    CLUSTERS_ROOT = Path(job.pop("clusters_root"))  # the caller's, which tests point elsewhere
+    with os.fdopen(job.pop("result_fd"), "w") as result_out:
+        try:
+            done = _run_here(**{**job, "log_dir": Path(job["log_dir"])})
+        except PlaybookError as exc:
+            json.dump({"error": str(exc)}, result_out)
+            sys.exit(1)
+        json.dump({"changed": done.changed, "log": str(done.log)}, result_out)

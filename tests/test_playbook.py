@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from infra import known_hosts, playbook
+from infra.machines import keys
 from infra.spec import from_config
 
 # --- inventory -----------------------------------------------------------------------------------------
@@ -268,3 +269,23 @@ def test_ansible_checks_host_keys_and_keeps_its_persistent_connections():
     # No host key option here: ansible.cfg's ssh_args come first on ssh's command line, and the first value wins.
     assert "ControlPersist=" in ssh_args and "StrictHostKeyChecking" not in ssh_args and "KnownHosts" not in ssh_args
     assert config.getboolean("ssh_connection", "pipelining")
+
+
+def test_a_playbook_runs_in_a_new_interpreter_and_its_failure_comes_back_as_a_message(tmp_path, monkeypatch):
+    """run_playbook hands the run to a new interpreter (ansible-runner's fork is unsafe beside gRPC threads).
+    Here validation refuses the run (no extra vars) before any machine is contacted: the refusal must come back
+    as a PlaybookError naming each host and Ansible's message, and the run's private data must be gone."""
+    monkeypatch.setattr(playbook, "CLUSTERS_ROOT", tmp_path / "clusters")
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    spec = from_config({})
+    logs = tmp_path / "clusters" / spec.name / "logs"
+    with pytest.raises(playbook.PlaybookError) as refused:
+        playbook.run_playbook(playbook.inventory(spec), {}, keys.generate_ed25519("test").private_key, logs)
+    lines = str(refused.value).splitlines()
+    assert lines[0] == "the playbook (site.yml) failed:" and lines[-1] == f"full log: {logs / 'ansible.log'}"
+    assert sorted(line.split(":")[0].strip() for line in lines[1:-1]) == sorted(m.name for m in spec.machines)
+    assert all("missing required arguments: pilothouse_admin_kubeconfig" in line for line in lines[1:-1]), lines
+    assert (logs / "ansible.log").is_file()
+    # The cluster's directory was the one this process named, and the run left nothing in TMPDIR.
+    assert (tmp_path / "clusters" / spec.name / "known_hosts").exists()
+    assert not list(tmp_path.glob(f"{playbook.PRIVATE_PREFIX}*"))

@@ -328,7 +328,7 @@ print(json.dumps({"rc": run.rc, "failures": playbook.failures(run.events)}))
 def ansible_ping(directory: Path, hosts: dict, env: dict, key: str) -> tuple[int | None, list[str]]:
     """`ansible -m ping` through ansible-runner, in a fresh interpreter: ansible-runner forks through pexpect, and
     this process has the Automation API's gRPC threads, which can kill the forked child before it runs ansible
-    (seen once: no exit code, an epoll error); playbook._run_in_fresh_process does the same for the provider."""
+    (seen once: no exit code, an epoll error); playbook.run_playbook does the same for every playbook run."""
     directory.mkdir()  # ansible-runner writes its artifacts there but does not make it
     proc = subprocess.run([sys.executable, "-c", PING], cwd=stack.REPO, capture_output=True, text=True, timeout=300,
                           input=json.dumps({"dir": str(directory), "hosts": hosts, "env": env, "key": key}))
