@@ -210,9 +210,10 @@ def extravars(spec: ClusterSpec, registry_mirror: str, pinned_images: dict[str, 
     machines pull from ("" for the upstream registries) and the images pulled by digest from it, and where
     the PKI and the admin kubeconfig are kept."""
     workdir = cluster_dir(spec.name)
+    entries = [artifacts.lookup_kubernetes(spec.kubernetes_version), *(artifacts.lookup_go(n) for n in ROLE_ARTIFACTS)]
     return {
-        "pilothouse_binaries": artifacts.binaries([artifacts.lookup_kubernetes(spec.kubernetes_version),
-                                                   *(artifacts.lookup_go(n) for n in ROLE_ARTIFACTS)]),
+        "pilothouse_binaries": artifacts.binaries(entries),
+        "pilothouse_binary_digests": artifacts.binary_digests(entries),
         "pilothouse_registry_mirror": registry_mirror,
         **pinned_role_images(pinned_images or {}),
         "pilothouse_pki_dir": str(workdir / "pki"),

@@ -29,6 +29,7 @@ from infra.artifacts.store import Entry
 ROOT = Path(__file__).resolve().parents[1]
 ROLES = ROOT / "roles"
 REGISTRY_MIRROR = "http://10.77.0.1:5000"
+EMPTY_SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"  # the fake binaries are empty
 # A run is mostly CPU, but waits on its forked workers now and then: two per core keep the cores busy.
 PARALLEL = 2 * (os.cpu_count() or 1)
 
@@ -112,7 +113,7 @@ def _fake_lookup_go(bin_root: Path):
         path.mkdir(parents=True, exist_ok=True)
         for binary in lock["go"][name]["binaries"]:
             (path / binary).touch()
-        return Entry(name, lock["go"][name]["version"], path, {b: "" for b in lock["go"][name]["binaries"]})
+        return Entry(name, lock["go"][name]["version"], path, {b: EMPTY_SHA256 for b in lock["go"][name]["binaries"]})
 
     return lookup_go
 

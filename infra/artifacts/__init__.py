@@ -150,6 +150,12 @@ def binaries(entries: list[Entry]) -> dict[str, str]:
     return {f: str(e.file(f)) for e in entries for f in e.files}
 
 
+def binary_digests(entries: list[Entry]) -> dict[str, str]:
+    """Binary name -> sha256 (from the store's manifest), which the roles install and check binaries by as
+    `pilothouse_binary_digests`."""
+    return {f: digest for e in entries for f, digest in e.files.items()}
+
+
 def export_bundle(entries: list[Entry], dest: Path) -> Path:
     """Copy every artifact into one directory with a SHA256SUMS file, for carrying to an offline site."""
     dest.mkdir(parents=True, exist_ok=True)
