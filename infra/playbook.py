@@ -473,7 +473,10 @@ if __name__ == "__main__":
     # One run for run_playbook: the job as JSON on stdin, the result as JSON on the file descriptor it names.
     job = json.load(sys.stdin)
     CLUSTERS_ROOT = Path(job.pop("clusters_root"))  # the caller's, which tests point elsewhere
-    with os.fdopen(job.pop("result_fd"), "w") as result_out:
+    result_fd = job.pop("result_fd")
+    # Not for Ansible's own children: an ssh ControlPersist master holding it would keep the caller reading.
+    os.set_inheritable(result_fd, False)
+    with os.fdopen(result_fd, "w") as result_out:
         try:
             done = _run_here(**{**job, "log_dir": Path(job["log_dir"])})
         except PlaybookError as exc:

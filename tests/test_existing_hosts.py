@@ -4,6 +4,7 @@ tests/test_existing_backend.py; a host without systemd or on another distributio
 those answers are checked from the probe's output alone."""
 from __future__ import annotations
 
+import re
 import shlex
 import subprocess
 from pathlib import Path
@@ -94,10 +95,17 @@ def test_the_remote_scripts_are_valid_posix_shell(script):
 
 
 def test_the_reset_covers_every_unit_and_binary_the_roles_install():
+    repo = remote.__file__.rsplit("/infra/", 1)[0]
     roles = subprocess.run(["grep", "-rhoE", r"(/etc/systemd/system/[a-z-]+\.service|/usr/local/bin/[a-z-]+)",
-                            "roles"], capture_output=True, text=True, cwd=remote.__file__.rsplit("/infra/", 1)[0])
-    installed = set(roles.stdout.split()) | {f"/usr/local/bin/{b}" for b in ("etcd", "etcdctl", "kube-apiserver",
-                                                                             "kubectl")}
+                            "roles"], capture_output=True, text=True, cwd=repo)
+    # The pilothouse_binaries tasks name their binaries, which go to /usr/local/bin, and keep a record.
+    names = subprocess.run(["grep", "-rhoE", r"^    names: \[[a-z, -]+\]", "roles"], capture_output=True, text=True,
+                           cwd=repo)
+    sent = {b.strip() for line in names.stdout.splitlines() for b in line.split("[", 1)[1].rstrip("]").split(",")}
+    assert {"etcd", "kube-apiserver", "kubelet", "kube-proxy"} <= sent, names.stdout
+    module = Path(repo, "roles", "library", "pilothouse_binaries.py").read_text()
+    record = re.search(r"default=\"(/[^\"]+)\"", module).group(1)
+    installed = set(roles.stdout.split()) | {f"/usr/local/bin/{b}" for b in sent} | {str(Path(record).parent)}
     missing = sorted(p for p in installed if p not in remote.RESET_PATHS)
     assert not missing, f"the roles install {missing}, which the reset would leave behind"
 

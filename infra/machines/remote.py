@@ -56,6 +56,7 @@ RESET_PATHS = (
     "/opt/local-path-provisioner",  # the local-path add-on's volumes (infra/addons/manifests/local-path.yaml)
     "/usr/libexec/kubernetes",  # kubelet's volume plugin directory, which it creates
     "/var/lib/haproxy/dev/log",  # the log socket haproxy binds in its chroot
+    "/var/lib/pilothouse",  # the sha256 record of the binaries (roles/library/pilothouse_binaries.py)
 )
 # Directories the roles may create around those paths: removed by the reset when the claim found them absent.
 PARENT_DIRS = ("/etc/cni/net.d", "/etc/cni", "/etc/containerd", "/etc/haproxy", "/etc/keepalived")
