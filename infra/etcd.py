@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Callable
 
 from infra import artifacts, playbook
-from infra.kube import Kubectl
+from infra.kube import ApiNotReady, wait_readyz
 
 DEFAULT_RETENTION = 5
 TRAILER = 32  # etcd appends the sha256 of the database to a snapshot it streams
@@ -238,15 +238,7 @@ def restore(cluster: ClusterAccess, path: Path, log: Callable[[str], None] = pri
 
 def wait_ready(kubeconfig: str, timeout: float = READY_TIMEOUT) -> None:
     """Until the API answers /readyz through the load balancer (the admin kubeconfig's server)."""
-    kubectl = Kubectl(kubeconfig, timeout=20)
-    deadline, said = time.monotonic() + timeout, ""
-    while time.monotonic() < deadline:
-        try:
-            said = kubectl.run("--request-timeout=10s", "get", "--raw=/readyz", check=False).strip()[-200:]
-        except subprocess.TimeoutExpired:
-            said = "timed out"
-        if said == "ok":
-            return
-        time.sleep(2)
-    raise BackupError(f"the API did not answer /readyz through the load balancer within {timeout:.0f}s "
-                      f"({said or 'no answer'}); `invoke status` shows what is down")
+    try:
+        wait_readyz(kubeconfig, timeout)
+    except ApiNotReady as e:
+        raise BackupError(str(e)) from None

@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import tempfile
+import time
 from typing import Any, Optional
 
 import yaml
@@ -70,3 +71,26 @@ class Kubectl:
 
     def __exit__(self, *_exc: Any) -> None:
         self.close()
+
+
+class ApiNotReady(RuntimeError):
+    """The API did not answer /readyz in time; the message says what it answered last."""
+
+
+def wait_readyz(kubeconfig: str, timeout: float) -> None:
+    """Until the API answers /readyz through the kubeconfig's server (the load balancer); ApiNotReady after
+    `timeout` seconds."""
+    kubectl = Kubectl(kubeconfig, timeout=20)
+    deadline, said = time.monotonic() + timeout, ""
+    while time.monotonic() < deadline:
+        try:
+            said = kubectl.run("--request-timeout=10s", "get", "--raw=/readyz").strip()[-200:]
+        except KubectlError as e:
+            said = str(e)[-200:]
+        except subprocess.TimeoutExpired:
+            said = "timed out"
+        if said == "ok":
+            return
+        time.sleep(2)
+    raise ApiNotReady(f"the API did not answer /readyz through the load balancer within {timeout:.0f}s "
+                      f"({said or 'no answer'}); `invoke status` shows what is down")

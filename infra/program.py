@@ -15,7 +15,7 @@ from pathlib import Path
 import pulumi
 from pulumi import Output, ResourceOptions, dynamic
 
-from infra import addons, playbook, spec as spec_mod, workloads
+from infra import addons, kube, playbook, spec as spec_mod, workloads
 from infra.artifacts import ArtifactError, images, registry
 from infra.machines import aws_credentials, vm
 from infra.machines.errors import MachineError
@@ -98,6 +98,19 @@ class ClusterArgs:
     spec: spec_mod.ClusterSpec
 
 
+# The API servers start on their own when stopped machines start again (after a host reboot), while the
+# playbook, with nothing changed, does not run: without this wait pulumi-kubernetes would read a cluster still
+# coming up and fail. Seconds once the API answers; a preview touches nothing and waits for nothing.
+API_READY_TIMEOUT = 300.0
+
+
+def answering(kubeconfig: Path) -> str:
+    """`kubeconfig`'s path, once the API answers /readyz through it (in an update, when the file exists)."""
+    if not pulumi.runtime.is_dry_run() and kubeconfig.exists():
+        kube.wait_readyz(str(kubeconfig), API_READY_TIMEOUT)
+    return str(kubeconfig)
+
+
 class Cluster(pulumi.ComponentResource):
     """Machines + registry + the configured Kubernetes cluster."""
 
@@ -137,7 +150,7 @@ class Cluster(pulumi.ComponentResource):
             opts=ResourceOptions(parent=self, depends_on=ready))
         # Known once the playbook has run; keyed on its id (known in a preview of an update, unlike its
         # outputs), so a preview that re-runs the playbook does not show the Kubernetes providers replaced.
-        self.admin_kubeconfig = run.id.apply(lambda _: str(workdir / "admin.kubeconfig"))
+        self.admin_kubeconfig = run.id.apply(lambda _: answering(workdir / "admin.kubeconfig"))
         self.playbook = run
         self.inventory = inventory
         self.machines = hosts.machines

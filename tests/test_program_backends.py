@@ -13,7 +13,7 @@ from pathlib import Path
 import pulumi
 import pytest
 
-from infra import playbook, program
+from infra import kube, playbook, program
 from infra.artifacts import images, registry
 from infra.machines import aws_credentials, vm
 
@@ -49,8 +49,10 @@ class Mocks(pulumi.runtime.Mocks):
 
 @pytest.fixture
 def clusters_root(tmp_path, monkeypatch) -> Path:
-    """The program reads the admin kubeconfig the playbook would write; here it is a placeholder."""
+    """The program reads the admin kubeconfig the playbook would write; here it is a placeholder, and no API
+    server stands behind it to wait for."""
     monkeypatch.setattr(playbook, "CLUSTERS_ROOT", tmp_path / "clusters")
+    monkeypatch.setattr(program.kube, "wait_readyz", lambda path, timeout: None)
     return tmp_path / "clusters"
 
 
@@ -213,3 +215,25 @@ def test_libvirt_makes_vms_of_the_listed_roles_and_local_machines_of_the_rest(cl
     assert {inputs["bridge"] for inputs in machines.values()} == {"ph-phkvm"}
     registry_run = named(mocks, "-registry")
     assert registry_run.inputs["listen"] == "10.77.0.1:5000"
+
+def test_the_kubernetes_objects_wait_for_the_api_in_an_update_but_not_in_a_preview(tmp_path, monkeypatch):
+    # After a host reboot nothing else waits for the restarted API servers (the playbook has nothing to do).
+    kubeconfig = tmp_path / "admin.kubeconfig"
+    waited: list[str] = []
+    monkeypatch.setattr(program.kube, "wait_readyz", lambda path, timeout: waited.append(path))
+    monkeypatch.setattr(pulumi.runtime, "is_dry_run", lambda: False)
+    assert program.answering(kubeconfig) == str(kubeconfig) and waited == []  # no cluster yet: nothing to ask
+    kubeconfig.write_text("apiVersion: v1\n")
+    assert program.answering(kubeconfig) == str(kubeconfig) and waited == [str(kubeconfig)]
+    monkeypatch.setattr(pulumi.runtime, "is_dry_run", lambda: True)
+    assert program.answering(kubeconfig) == str(kubeconfig) and waited == [str(kubeconfig)]
+
+
+def test_an_api_that_never_answers_stops_the_wait_with_what_it_said(tmp_path):
+    kubeconfig = tmp_path / "admin.kubeconfig"  # loopback, a port nothing listens on
+    kubeconfig.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "c",
+        "clusters": [{"name": "c", "cluster": {"server": "https://127.0.0.1:1", "insecure-skip-tls-verify": True}}],
+        "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}], "users": [{"name": "u", "user": {"token": "t"}}]}))
+    with pytest.raises(kube.ApiNotReady, match=r"within 3s \(.*127.0.0.1:1 was refused.*invoke status"):
+        kube.wait_readyz(str(kubeconfig), 3)
