@@ -216,6 +216,7 @@ def test_libvirt_makes_vms_of_the_listed_roles_and_local_machines_of_the_rest(cl
     registry_run = named(mocks, "-registry")
     assert registry_run.inputs["listen"] == "10.77.0.1:5000"
 
+
 def test_the_kubernetes_objects_wait_for_the_api_in_an_update_but_not_in_a_preview(tmp_path, monkeypatch):
     # After a host reboot nothing else waits for the restarted API servers (the playbook has nothing to do).
     kubeconfig = tmp_path / "admin.kubeconfig"
@@ -234,6 +235,7 @@ def test_an_api_that_never_answers_stops_the_wait_with_what_it_said(tmp_path):
     kubeconfig.write_text(json.dumps({
         "apiVersion": "v1", "kind": "Config", "current-context": "c",
         "clusters": [{"name": "c", "cluster": {"server": "https://127.0.0.1:1", "insecure-skip-tls-verify": True}}],
-        "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}], "users": [{"name": "u", "user": {"token": "t"}}]}))
+        "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
+        "users": [{"name": "u", "user": {"token": "t"}}]}))
     with pytest.raises(kube.ApiNotReady, match=r"within 3s \(.*127.0.0.1:1 was refused.*invoke status"):
         kube.wait_readyz(str(kubeconfig), 3)
