@@ -130,6 +130,20 @@ class LiveCluster:
             raise AssertionError(f"{machine}: `{command}` failed ({proc.returncode}): {proc.stderr.strip()}")
         return proc
 
+    def lb_and_etcd_log(self, since: float) -> str:
+        """What the load balancers and etcd logged from `since` (epoch seconds) on: haproxy's server state changes
+        and etcd's leader changes, for a request loop's failures to be read against."""
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(since))
+        lines = []
+        for m in self.spec.machines:
+            unit = "-t haproxy" if m in self.spec.lbs else "-u etcd" if m in self.spec.etcd else ""
+            if unit:
+                out = self.ssh(m.name, f"journalctl {unit} -o short-precise --no-pager --since '{stamp}' | "
+                                       "grep -Ei 'is (down|up)|no server|drain|maint|elected leader|lost leader|"
+                                       "leadership transfer|overloaded'", check=False)
+                lines += [f"{m.name}: {line}" for line in out.stdout.splitlines()]
+        return "\n".join(lines)
+
     def up(self, **config_changes) -> auto.UpResult:
         """`pulumi up` with some stack config changed (and kept)."""
         for key, value in config_changes.items():

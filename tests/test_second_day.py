@@ -176,7 +176,7 @@ def test_certificate_rotation_renews_every_leaf_with_a_new_key_while_the_api_kee
     for n, cert in kubelets_before.items():
         assert cert.serial_number != pki_cert(shared_cluster, f"kubelet-client-{n}").serial_number, n
 
-    started = time.monotonic()
+    started, started_wall = time.monotonic(), time.time()
     result = rotation.rotate(access(shared_cluster), shared_cluster.outputs["machines"])
     seconds = time.monotonic() - started
     print(f"\ncertificate rotation: {seconds:.0f}s in all\n{result.render()}")
@@ -206,7 +206,8 @@ def test_certificate_rotation_renews_every_leaf_with_a_new_key_while_the_api_kee
     issued = {c["metadata"]["name"]: c["spec"]["username"] for c in requestors if c.get("status", {}).get("certificate")}
     assert all(issued.get(csr) == f"system:node:{n}" for n, csr in result.kubelet_csrs.items()), issued
 
-    assert result.loop.failed == 0, result.render()
+    assert result.loop.failed == 0, (f"{result.render()}\nloop started at {time.ctime(started_wall)}; what the LBs "
+                                     f"and etcd logged:\n{shared_cluster.lb_and_etcd_log(started_wall)}")
     assert report(shared_cluster).healthy
     # The rewritten admin kubeconfig works, and so does a client still holding the old admin certificate (the
     # request loop's, loaded before the rotation): nothing is revoked, the CA is the same.
