@@ -2,8 +2,9 @@
 
 It is one run of roles/site.yml with two variables: `pki_rekey` (the pki role re-issues every leaf certificate in
 the cluster directory with a new key; the CAs, the service-account key pair and the encryption key stay) and
-`pilothouse_rolling` (the plays take one machine at a time: etcd members, then load balancers, then masters, each
-API server drained on every load balancer before its restart and UP there again before the next; then nodes).
+`pilothouse_rolling` (the plays take one machine at a time: etcd members, which read their new certificates at
+each new connection and do not restart, then load balancers, then masters, each API server drained on every load
+balancer before its restart and UP there again before the next; then nodes).
 The roles already copy changed certificates and restart what uses them; this only makes it happen everywhere, in
 that order. Meanwhile the drill's request loop runs through the load balancer, so the command reports what a
 client saw, and afterwards every kubelet has requested its own client certificate through a CSR.
@@ -54,7 +55,7 @@ def plan(pki: Path, machines: list[dict]) -> list[str]:
 
     names = sorted(leaves(pki))
     return [f"re-issue {len(names)} leaf certificates in {pki} with new keys (the 3 CAs stay): {', '.join(names)}",
-            f"etcd members one at a time, each healthy before the next: {named('etcd')}",
+            f"etcd members one at a time (new certificates, read at each new connection: no restart): {named('etcd')}",
             f"load balancers one at a time (haproxy reloaded with the new health-check certificate): {named('lb')}",
             (f"masters one at a time (API server drained on every load balancer, restarted, UP again; then the "
              f"controller-manager and scheduler): {named('master')}" if named("lb") != "none" else

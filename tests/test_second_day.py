@@ -154,6 +154,10 @@ def served(address: str, port: int, client: tuple | None = None) -> x509.Certifi
         return x509.load_der_x509_certificate(tls.getpeercert(binary_form=True))
 
 
+def etcd_pid(live, machine: str) -> str:
+    return live.ssh(machine, "systemctl show -p MainPID --value etcd").stdout.strip()
+
+
 def kubelet_client_cert(live, node: str) -> x509.Certificate:
     """The client certificate the kubelet uses now (the PEM file holds the certificate and its key)."""
     pem = live.ssh(node, "cat /var/lib/kubelet/pki/kubelet-client-current.pem").stdout
@@ -176,6 +180,7 @@ def test_certificate_rotation_renews_every_leaf_with_a_new_key_while_the_api_kee
     for n, cert in kubelets_before.items():
         assert cert.serial_number != pki_cert(shared_cluster, f"kubelet-client-{n}").serial_number, n
 
+    etcd_pids = {e.name: etcd_pid(shared_cluster, e.name) for e in spec.etcd}
     started, started_wall = time.monotonic(), time.time()
     result = rotation.rotate(access(shared_cluster), shared_cluster.outputs["machines"])
     seconds = time.monotonic() - started
@@ -186,10 +191,12 @@ def test_certificate_rotation_renews_every_leaf_with_a_new_key_while_the_api_kee
     assert [n for n in before if after[n][0] == before[n][0]] == [], "serials that did not change"
     assert [n for n in before if after[n][1] == before[n][1]] == [], "public keys that did not change"
     assert {name: (pki / name).read_bytes() for name in cas} == cas, "a CA changed"
-    # The components were restarted onto the new certificates.
+    # The components were restarted onto the new certificates; etcd serves them without a restart (it reads them
+    # at each new connection), so no leader change happened for the rotation.
     etcd_client = (pki / "etcd-healthcheck-client.crt", pki / "etcd-healthcheck-client.key")
     for m in spec.masters:
         assert served(m.address, 6443) == pki_cert(shared_cluster, "apiserver"), m.name
+    assert {e.name: etcd_pid(shared_cluster, e.name) for e in spec.etcd} == etcd_pids, "an etcd member restarted"
     for e in spec.etcd:
         assert served(e.address, 2379, etcd_client) == pki_cert(shared_cluster, f"etcd-server-{e.name}"), e.name
         assert served(e.address, 2380, etcd_client) == pki_cert(shared_cluster, f"etcd-peer-{e.name}"), e.name
