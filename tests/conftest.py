@@ -132,9 +132,9 @@ class LiveCluster:
 
     def lb_and_etcd_log(self, since: float) -> str:
         """What the load balancers and etcd logged from `since` (epoch seconds) on: haproxy's server state changes
-        and etcd's leader changes, for a request loop's failures to be read against."""
+        and etcd's leader changes, for the failures of a request loop started then to be read against."""
         stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(since))
-        lines = []
+        lines = [f"loop started at {time.ctime(since)}; what the LBs and etcd logged:"]
         for m in self.spec.machines:
             unit = "-t haproxy" if m in self.spec.lbs else "-u etcd" if m in self.spec.etcd else ""
             if unit:

@@ -213,8 +213,7 @@ def test_certificate_rotation_renews_every_leaf_with_a_new_key_while_the_api_kee
     issued = {c["metadata"]["name"]: c["spec"]["username"] for c in requestors if c.get("status", {}).get("certificate")}
     assert all(issued.get(csr) == f"system:node:{n}" for n, csr in result.kubelet_csrs.items()), issued
 
-    assert result.loop.failed == 0, (f"{result.render()}\nloop started at {time.ctime(started_wall)}; what the LBs "
-                                     f"and etcd logged:\n{shared_cluster.lb_and_etcd_log(started_wall)}")
+    assert result.loop.failed == 0, f"{result.render()}\n{shared_cluster.lb_and_etcd_log(started_wall)}"
     assert report(shared_cluster).healthy
     # The rewritten admin kubeconfig works, and so does a client still holding the old admin certificate (the
     # request loop's, loaded before the rotation): nothing is revoked, the CA is the same.
