@@ -28,6 +28,14 @@ options:
     description: Mode of parent directories this module creates.
     type: str
     default: "0755"
+  units:
+    description:
+      - systemd units to report on, read in the same run, before anything is restarted. A role's "ensure it is
+        enabled and running" task then skips a unit already I(up), saving a module run per unit and host on a
+        run with nothing to do.
+    type: list
+    elements: str
+    default: []
 author: pilothouse
 """
 
@@ -41,6 +49,10 @@ EXAMPLES = r"""
 
 RETURN = r"""
 changed_paths: {description: Files and directories created or changed., type: list, returned: always}
+units:
+  description: "Unit name -> {loaded: systemd knows the unit, active: it runs, up: active and enabled}."
+  type: dict
+  returned: always
 """
 
 import base64
@@ -86,16 +98,38 @@ def ensure_dir(path, mode, ids, changed):
         changed.append(path)
 
 
+def unit_states(module, names):
+    """One `systemctl show` for every unit: {name: {loaded, active, up}}. Its output is one block per unit, in order."""
+    if not names:
+        return {}
+    rc, out, err = module.run_command(["systemctl", "show", "--property=LoadState,ActiveState,UnitFileState",
+                                       "--"] + list(names))
+    if rc != 0:
+        module.fail_json(msg="systemctl show %s failed: %s" % (" ".join(names), err.strip()))
+    blocks = [dict(line.split("=", 1) for line in block.splitlines() if "=" in line)
+              for block in out.strip().split("\n\n")]
+    if len(blocks) != len(names):
+        module.fail_json(msg="systemctl show gave %d blocks for %d units: %r" % (len(blocks), len(names), out))
+    states = {}
+    for name, b in zip(names, blocks):
+        active = b.get("ActiveState") == "active"
+        states[name] = {"loaded": b.get("LoadState") == "loaded", "active": active,
+                        "up": active and b.get("UnitFileState") == "enabled"}
+    return states
+
+
 def main():
     module = AnsibleModule(
         argument_spec=dict(
             files=dict(type="list", elements="dict", required=True),
             directories=dict(type="list", elements="dict", default=[]),
             dir_mode=dict(type="str", default="0755"),
+            units=dict(type="list", elements="str", default=[]),
         ),
         supports_check_mode=True,
     )
     changed = []
+    units = unit_states(module, module.params["units"])
     dir_mode = _mode(module.params["dir_mode"], "0755")
     for d in module.params["directories"]:
         if not module.check_mode:
@@ -139,7 +173,7 @@ def main():
         if ids:
             os.chown(tmp, *ids)
         os.replace(tmp, path)
-    module.exit_json(changed=bool(changed), changed_paths=changed)
+    module.exit_json(changed=bool(changed), changed_paths=changed, units=units)
 
 
 if __name__ == "__main__":
