@@ -1,8 +1,9 @@
 """roles' pilothouse_files module, run by real Ansible against this host over a local connection: the unit states it
 reads in the same run (which the roles' "ensure it is enabled and running" tasks are skipped on), parsed from
-`systemctl show`. This host runs no systemd, so a stand-in systemctl on PATH prints what systemd prints for an
-active enabled unit, an active disabled one and an unknown one; the live suite stops and disables real units
-(tests/test_e2e.py)."""
+`systemctl show`, and the oneshot units it applies after writing their files. This host runs no systemd, so a
+stand-in systemctl on PATH prints what systemd prints for an active enabled unit, an active disabled one, a
+stopped one and an unknown one, and logs every other call; the live suite stops and disables real units
+(tests/test_e2e.py) and every cluster's pod routes go through the real thing."""
 from __future__ import annotations
 
 import json
@@ -14,8 +15,13 @@ from pathlib import Path
 from infra import playbook
 
 # `systemctl show --property=LoadState,ActiveState,UnitFileState -- a b c`: one block per unit, in argument order.
+# Any other call is logged; restarting a unit named "broken" fails as systemd does.
 SYSTEMCTL = """#!/bin/sh
-[ "$1" = show ] || exit 3
+if [ "$1" != show ]; then
+  echo "$*" >> "$SYSTEMCTL_LOG"
+  if [ "$1 $2" = "restart broken" ]; then echo "Job for broken.service failed." >&2; exit 1; fi
+  exit 0
+fi
 shift 2
 [ "$1" = -- ] && shift
 for unit in "$@"; do
@@ -31,15 +37,16 @@ done
 """
 
 
-def run(tmp: Path, args: dict) -> dict:
+def run(tmp: Path, args: dict, check: bool = False) -> dict:
     bin_dir = tmp / "bin"
     bin_dir.mkdir(exist_ok=True)
     (bin_dir / "systemctl").write_text(SYSTEMCTL)
     (bin_dir / "systemctl").chmod(0o755)
     env = {**os.environ, **playbook.ansible_env(), "ANSIBLE_CALLBACKS_ENABLED": "", "ANSIBLE_LOCALHOST_WARNING": "False",
-           "PATH": f"{bin_dir}:{Path(sys.executable).parent}:{os.environ['PATH']}"}
+           "PATH": f"{bin_dir}:{Path(sys.executable).parent}:{os.environ['PATH']}",
+           "SYSTEMCTL_LOG": str(tmp / "systemctl.log")}
     proc = subprocess.run(["ansible", "localhost", "-c", "local", "-o", "-m", "pilothouse_files", "-a",
-                           json.dumps(args)], cwd=playbook.ROLES, env=env, capture_output=True, text=True, timeout=120)
+                           json.dumps(args), *(["--check"] if check else [])], cwd=playbook.ROLES, env=env, capture_output=True, text=True, timeout=120)
     line = next(line for line in proc.stdout.splitlines() if line.startswith("localhost | "))
     status, result = line.removeprefix("localhost | ").split(" => ", 1)
     return {**json.loads(result), "failed": status.startswith("FAILED")}
@@ -62,3 +69,42 @@ def test_no_units_asked_reads_none(tmp_path):
     result = run(tmp_path, {"files": []})
     assert not result["failed"], result
     assert result["units"] == {} and not result["changed"]
+
+
+def calls(tmp: Path) -> list[str]:
+    log = tmp / "systemctl.log"
+    return log.read_text().splitlines() if log.exists() else []
+
+
+def test_a_unit_whose_file_changed_is_restarted_and_one_not_up_is_started_and_one_up_is_left(tmp_path):
+    unit = tmp_path / "running-enabled.service"
+    args = {"files": [{"path": str(unit), "content": "[Service]"}],
+            "apply": [{"unit": "running-enabled", "paths": [str(unit)]},
+                      {"unit": "stopped-enabled", "paths": [str(tmp_path / "other.service")]},
+                      {"unit": "running-disabled", "paths": []}]}
+    first = run(tmp_path, args)
+    assert not first["failed"] and first["changed"], first
+    assert first["applied"] == ["running-enabled", "stopped-enabled", "running-disabled"]
+    assert calls(tmp_path) == ["daemon-reload", "restart running-enabled", "enable running-enabled",
+                               "enable --now stopped-enabled", "enable --now running-disabled"]
+    # Nothing changed this time: only the units not up (this stand-in never brings them up) are started again.
+    (tmp_path / "systemctl.log").unlink()
+    again = run(tmp_path, args)
+    assert again["changed_paths"] == [] and again["applied"] == ["stopped-enabled", "running-disabled"]
+    assert calls(tmp_path) == ["enable --now stopped-enabled", "enable --now running-disabled"]
+
+
+def test_check_mode_reports_the_units_it_would_apply_and_touches_none(tmp_path):
+    unit = tmp_path / "running-enabled.service"
+    result = run(tmp_path, {"files": [{"path": str(unit), "content": "x"}],
+                            "apply": [{"unit": "running-enabled", "paths": [str(unit)]}]}, check=True)
+    assert result["changed"] and result["applied"] == ["running-enabled"], result
+    assert calls(tmp_path) == [] and not unit.exists()
+
+
+def test_a_failed_restart_fails_the_task_with_systemds_message(tmp_path):
+    unit = tmp_path / "broken.service"
+    result = run(tmp_path, {"files": [{"path": str(unit), "content": "x"}],
+                            "apply": [{"unit": "broken", "paths": [str(unit)]}]})
+    assert result["failed"], result
+    assert "systemctl restart broken failed: Job for broken.service failed." in result["msg"]

@@ -36,6 +36,15 @@ options:
     type: list
     elements: str
     default: []
+  apply:
+    description:
+      - "Oneshot units whose files this task writes (pod routes, a masquerade rule), each {unit, paths}: after the
+        files, a unit one of whose I(paths) changed is restarted (after one daemon-reload) and enabled, and one not
+        yet active and enabled is enabled and started. This saves a second task per unit and host. Check mode only
+        reports them."
+    type: list
+    elements: dict
+    default: []
 author: pilothouse
 """
 
@@ -53,6 +62,7 @@ units:
   description: "Unit name -> {loaded: systemd knows the unit, active: it runs, up: active and enabled}."
   type: dict
   returned: always
+applied: {description: Units of I(apply) restarted or started., type: list, returned: always}
 """
 
 import base64
@@ -118,6 +128,28 @@ def unit_states(module, names):
     return states
 
 
+def systemctl(module, *args):
+    rc, _, err = module.run_command(["systemctl"] + list(args))
+    if rc != 0:
+        module.fail_json(msg="systemctl %s failed: %s" % (" ".join(args), err.strip()))
+
+
+def apply_units(module, wanted, states, changed):
+    """Restart (and enable) the units of `wanted` whose files changed, enable and start those not up."""
+    restart = [a["unit"] for a in wanted if set(a.get("paths") or []) & set(changed)]
+    start = [a["unit"] for a in wanted if a["unit"] not in restart and not states[a["unit"]]["up"]]
+    if module.check_mode:
+        return restart + start
+    if restart:
+        systemctl(module, "daemon-reload")
+    for unit in restart:
+        systemctl(module, "restart", unit)
+        systemctl(module, "enable", unit)
+    for unit in start:
+        systemctl(module, "enable", "--now", unit)
+    return restart + start
+
+
 def main():
     module = AnsibleModule(
         argument_spec=dict(
@@ -125,11 +157,14 @@ def main():
             directories=dict(type="list", elements="dict", default=[]),
             dir_mode=dict(type="str", default="0755"),
             units=dict(type="list", elements="str", default=[]),
+            apply=dict(type="list", elements="dict", default=[]),
         ),
         supports_check_mode=True,
     )
     changed = []
-    units = unit_states(module, module.params["units"])
+    wanted = module.params["apply"]
+    names = module.params["units"] + [a["unit"] for a in wanted if a["unit"] not in module.params["units"]]
+    states = unit_states(module, names)
     dir_mode = _mode(module.params["dir_mode"], "0755")
     for d in module.params["directories"]:
         if not module.check_mode:
@@ -173,7 +208,9 @@ def main():
         if ids:
             os.chown(tmp, *ids)
         os.replace(tmp, path)
-    module.exit_json(changed=bool(changed), changed_paths=changed, units=units)
+    applied = apply_units(module, wanted, states, changed)
+    module.exit_json(changed=bool(changed or applied), changed_paths=changed, applied=applied,
+                     units={name: states[name] for name in module.params["units"]})
 
 
 if __name__ == "__main__":
