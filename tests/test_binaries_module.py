@@ -4,29 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import stat
-import subprocess
-import sys
 from pathlib import Path
 
-from infra import playbook
+from module_support import run_module
 
 
 def run(tmp: Path, sources: dict, digests: dict, check: bool = False) -> dict:
-    """One `ansible localhost -m pilothouse_binaries` run: its result for the host, with "failed" set when Ansible
-    reported the host FAILED (its one-line output leaves that key out)."""
+    """One pilothouse_binaries run installing `sources` into tmp/bin."""
     args = {"names": sorted(sources), "sources": sources, "digests": digests, "dest_dir": str(tmp / "bin"),
             "record": str(tmp / "record.json")}
-    env = {**os.environ, **playbook.ansible_env(), "ANSIBLE_CALLBACKS_ENABLED": "", "ANSIBLE_LOCALHOST_WARNING": "False",
-           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    proc = subprocess.run(["ansible", "localhost", "-c", "local", "-o", "-m", "pilothouse_binaries", "-a",
-                           json.dumps(args), *(["--check"] if check else [])],
-                          cwd=playbook.ROLES, env=env, capture_output=True, text=True, timeout=120)
-    # One line: "localhost | CHANGED => {...}" (SUCCESS, FAILED! likewise).
-    line = next(line for line in proc.stdout.splitlines() if line.startswith("localhost | "))
-    status, result = line.removeprefix("localhost | ").split(" => ", 1)
-    return {**json.loads(result), "failed": status.startswith("FAILED")}
+    return run_module("pilothouse_binaries", args, check=check)
 
 
 def binary(tmp: Path, name: str, data: bytes) -> tuple[str, str]:

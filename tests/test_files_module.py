@@ -6,13 +6,9 @@ stopped one and an unknown one, and logs every other call; the live suite stops 
 (tests/test_e2e.py) and every cluster's pod routes go through the real thing."""
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
-from infra import playbook
+from module_support import run_module
 
 # `systemctl show --property=LoadState,ActiveState,UnitFileState -- a b c`: one block per unit, in argument order.
 # Any other call is logged; restarting a unit named "broken" fails as systemd does.
@@ -38,18 +34,13 @@ done
 
 
 def run(tmp: Path, args: dict, check: bool = False) -> dict:
+    """One pilothouse_files run with the stand-in systemctl first on PATH, logging to tmp/systemctl.log."""
     bin_dir = tmp / "bin"
     bin_dir.mkdir(exist_ok=True)
     (bin_dir / "systemctl").write_text(SYSTEMCTL)
     (bin_dir / "systemctl").chmod(0o755)
-    env = {**os.environ, **playbook.ansible_env(), "ANSIBLE_CALLBACKS_ENABLED": "", "ANSIBLE_LOCALHOST_WARNING": "False",
-           "PATH": f"{bin_dir}:{Path(sys.executable).parent}:{os.environ['PATH']}",
-           "SYSTEMCTL_LOG": str(tmp / "systemctl.log")}
-    proc = subprocess.run(["ansible", "localhost", "-c", "local", "-o", "-m", "pilothouse_files", "-a",
-                           json.dumps(args), *(["--check"] if check else [])], cwd=playbook.ROLES, env=env, capture_output=True, text=True, timeout=120)
-    line = next(line for line in proc.stdout.splitlines() if line.startswith("localhost | "))
-    status, result = line.removeprefix("localhost | ").split(" => ", 1)
-    return {**json.loads(result), "failed": status.startswith("FAILED")}
+    return run_module("pilothouse_files", args, check=check, path=(bin_dir,),
+                      env={"SYSTEMCTL_LOG": str(tmp / "systemctl.log")})
 
 
 def test_units_are_read_in_the_same_run_and_up_means_active_and_enabled(tmp_path):
