@@ -11,7 +11,6 @@ import json
 import shutil
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
 
 from infra import artifacts, playbook
 

@@ -78,7 +78,7 @@ class RotationResult:
             f"renewed {len(self.renewed)} leaf certificates with new keys; components rolled in {self.seconds:.0f}s",
             f"requests through the load balancer meanwhile: {self.loop.sent} sent, {self.loop.failed} failed; "
             f"longest gap between answers {self.loop.longest_gap:.1f}s",
-            f"kubelet client certificates renewed through approved CSRs: "
+            "kubelet client certificates renewed through approved CSRs: "
             + ", ".join(f"{n} ({c})" for n, c in sorted(self.kubelet_csrs.items())),
             *(f"  failed: {f}" for f in self.loop.failures)])
 

@@ -12,7 +12,7 @@ from collections import Counter
 from collections.abc import Callable
 
 from infra.spec_model import (
-    ETCD_SIZES, KEYS, LAYOUT, LB_RANGE, MAX_NAME, NEVER_NETWORKS, NODE_POD_PREFIX, POD_SLOTS, PRIVATE_NETWORKS,
+    ETCD_SIZES, KEYS, LAYOUT, LB_RANGE, MAX_NAME, NEVER_NETWORKS, POD_SLOTS, PRIVATE_NETWORKS,
     ROLE_KEYS, ROLE_NAMES, Machine, pod_subnet,
 )
 

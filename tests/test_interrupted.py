@@ -22,7 +22,7 @@ from conftest import cluster_network
 from infra import kube, playbook, program, recovery, spec as spec_mod, stack
 from infra.artifacts import registry
 from infra.machines import local
-from test_pulumi_machines import host_leftovers, ssh_hostname, wait_until
+from test_pulumi_machines import host_leftovers, ssh_hostname
 
 pytestmark = [pytest.mark.artifacts, pytest.mark.machines]
 

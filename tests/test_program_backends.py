@@ -160,7 +160,7 @@ def test_existing_program_checks_and_claims_hosts_and_gives_the_playbook_their_k
     key = tmp_path / "id_ed25519"
     key.write_text(PRIVATE_KEY)
     hosts = ["lb address=10.77.0.10 roles=lb", *(f"m{i} address=10.77.0.2{i} roles=master,etcd" for i in (1, 2, 3)),
-             "w1 address=10.77.0.40 roles=worker jump=10.77.0.10", f"w2 address=10.77.0.41 roles=worker user=debian"]
+             "w1 address=10.77.0.40 roles=worker jump=10.77.0.10", "w2 address=10.77.0.41 roles=worker user=debian"]
     mocks = run_program({"pilothouse:backend": "existing", "pilothouse:sshKeyPath": str(key),
                          "pilothouse:hosts": json.dumps(hosts)}, clusters_root, "phbyo")
     check = named(mocks, "-machines-check")
