@@ -182,12 +182,14 @@ def build(spec: spec_mod.ClusterSpec, manifests_dir: Path = REPO / "workloads", 
         kubeconfig=cluster.admin_kubeconfig, lb_address_range=lb_range or spec.lb_address_range,
         machine_cidr=str(spec.machine_cidr), used_addresses=used, pinned_images=cluster.pinned_images),
         opts=ResourceOptions.merge(deleted_with(cluster.playbook), ResourceOptions(depends_on=[cluster])))
-    # The notes' sample workloads, after the add-ons they need (ingress, LoadBalancer, storage).
+    # The notes' sample workloads, beside the add-ons: only those that need the default StorageClass or the
+    # ingress controller wait for that add-on (workloads.addon_needed).
     workloads.Samples(f"{spec.name}-samples", workloads.SamplesArgs(
         kubeconfig=workloads.kubeconfig_content(cluster.admin_kubeconfig), manifests_dir=manifests_dir,
         keys_dir=playbook.cluster_dir(spec.name) / "workload-keys",
-        node_labels=workloads.default_node_labels([m.name for m in spec.workers])),
-        ResourceOptions.merge(deleted_with(cluster.playbook), ResourceOptions(depends_on=[cluster, cluster_addons])))
+        node_labels=workloads.default_node_labels([m.name for m in spec.workers]),
+        addons={workloads.STORAGE: cluster_addons.storage, workloads.INGRESS: cluster_addons.ingress}),
+        ResourceOptions.merge(deleted_with(cluster.playbook), ResourceOptions(depends_on=[cluster])))
     pulumi.export("ingress_address", cluster_addons.ingress_address)
     pulumi.export("admin_kubeconfig", cluster.admin_kubeconfig)
     pulumi.export("inventory", cluster.inventory)

@@ -74,6 +74,24 @@ def test_the_default_classes_are_traefik_and_local_path():
     assert storage_class["metadata"]["annotations"]["storageclass.kubernetes.io/is-default-class"] == "true"
 
 
+def test_every_addon_container_is_probed_for_readiness_every_two_seconds_from_its_start():
+    probed = {}
+    for name in ("metallb", "metrics-server", "traefik"):
+        raw = {o["metadata"]["name"]: o for o in addons.load(name) if o["kind"] in ("Deployment", "DaemonSet")}
+        for obj in addons.prompt_readiness(addons.load(name)):
+            if obj["kind"] not in ("Deployment", "DaemonSet"):
+                continue
+            before = raw[obj["metadata"]["name"]]["spec"]["template"]["spec"]["containers"][0]
+            after = obj["spec"]["template"]["spec"]["containers"][0]
+            probed[obj["metadata"]["name"]] = after["readinessProbe"]
+            assert after["livenessProbe"] == before["livenessProbe"]          # liveness keeps upstream's timing
+            assert after["readinessProbe"]["httpGet"] == before["readinessProbe"]["httpGet"]
+            assert {k: v for k, v in after.items() if k != "readinessProbe"} == \
+                {k: v for k, v in before.items() if k != "readinessProbe"}
+    assert set(probed) == {"controller", "speaker", "metrics-server", "traefik"}
+    assert all(p["periodSeconds"] == 2 and "initialDelaySeconds" not in p for p in probed.values()), probed
+
+
 @pytest.mark.artifacts
 def test_the_metallb_manifests_are_the_pinned_modules_own():
     crds, rest = addons.metallb_upstream(addons.metallb_module_dir())

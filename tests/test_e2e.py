@@ -116,8 +116,8 @@ def test_removing_one_manifest_removes_exactly_that_object(shared_cluster):
     assert key in keys and _exists(kube, key)
     (shared_cluster.manifests / path).unlink()
     result = shared_cluster.up()
-    # The object's ConfigGroup and the object itself; nothing else changes.
-    assert result.summary.resource_changes == {"delete": 2, "same": result.summary.resource_changes["same"]}, \
+    # The object itself; nothing else changes.
+    assert result.summary.resource_changes == {"delete": 1, "same": result.summary.resource_changes["same"]}, \
         result.summary.resource_changes
     assert not _exists(kube, key)
     still = [k for k in keys if k != key and not _exists(kube, k)]

@@ -266,14 +266,48 @@ def test_samples_component_makes_one_child_per_object_in_apply_order(sources, tm
         return samples.urn
 
     deploy()
-    types = {typ for typ, _, _ in created}
-    groups = [(name, inputs) for typ, name, inputs in created if typ == "kubernetes:yaml/v2:ConfigGroup"]
+    objects = {name: (typ, inputs) for typ, name, inputs in created if name.startswith("samples-")
+               and typ != "pulumi:providers:kubernetes" and typ != "kubernetes:core/v1:NodePatch"}
     # Objects of one stage register concurrently, so their order is not fixed: compare the sets.
-    assert sorted(n for n, _ in groups) == sorted(f"samples-{w.resource_name(m.obj)}" for m in sources), types
-    assert all(i["skipAwait"] for _, i in groups)
-    hello = dict(groups)["samples-service-default-hello-svc"]["objs"][0]
-    assert hello["spec"]["externalIPs"] == ["10.0.0.21"]
+    assert sorted(objects) == sorted(f"samples-{w.resource_name(m.obj)}" for m in sources)
+    assert objects["samples-deployment-kubia-deploy-kubia"][0] == "kubernetes:apps/v1:Deployment"
+    assert objects["samples-pod-default-hello-pod"][0] == "kubernetes:core/v1:Pod"
+    assert objects["samples-ingress-kubia-kubia"][0] == "kubernetes:networking.k8s.io/v1:Ingress"
+    assert all(i["metadata"]["annotations"]["pulumi.com/skipAwait"] == "true" for _, i in objects.values())
+    typ, hello = objects["samples-service-default-hello-svc"]
+    assert hello["spec"]["externalIPs"] == ["10.0.0.21"] and hello["metadata"]["name"] == "hello-svc"
     assert ("kubernetes:core/v1:NodePatch", "samples-node-worker-1") in {(t, n) for t, n, _ in created}
+
+
+def test_an_object_keeps_the_urn_it_had_inside_its_own_config_group():
+    samples = "urn:pulumi:dev::pilothouse::pilothouse:workloads:Samples::c-samples"
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "hello-pod", "namespace": "default"}}
+    assert w.grouped_urn(samples, "c-samples-pod-default-hello-pod", pod) == (
+        "urn:pulumi:dev::pilothouse::pilothouse:workloads:Samples$kubernetes:yaml/v2:ConfigGroup"
+        "$kubernetes:core/v1:Pod::c-samples-pod-default-hello-pod:default/hello-pod")
+    pv = {"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": "pv0003"}}
+    assert w.grouped_urn(samples, "c-samples-persistentvolume-pv0003", pv).endswith(
+        "ConfigGroup$kubernetes:core/v1:PersistentVolume::c-samples-persistentvolume-pv0003:pv0003")
+    assert w.type_token({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding"}) == \
+        "kubernetes:rbac.authorization.k8s.io/v1:RoleBinding"
+
+
+def test_only_default_class_claims_and_ingresses_wait_for_an_add_on(sources):
+    needed = {m.key: w.addon_needed(m.obj) for m in sources}
+    assert {key: need for key, need in needed.items() if need} == {
+        ("PersistentVolumeClaim", "default", "mongodb-pvc"): w.STORAGE,      # no class: the default one
+        ("StatefulSet", "web", "web"): w.STORAGE,                            # its claim templates too
+        ("StatefulSet", "kubia-sts", "kubia"): w.STORAGE,
+        ("Ingress", "kubia", "kubia-paths"): w.INGRESS,
+        ("Ingress", "kubia", "foo-bar"): w.INGRESS,
+        ("Ingress", "kubia", "kubia"): w.INGRESS,
+        ("Ingress", "kubia", "kubia-tls"): w.INGRESS,
+    }
+    # A claim naming its class (W34's `slow`, bound to its own PV) and a LoadBalancer Service start at once.
+    assert needed[("PersistentVolumeClaim", "default", "pvc-slow")] is None
+    assert needed[("Service", "kubia", "kubia-loadbalancer")] is None
+    explicit = {"kind": "StatefulSet", "spec": {"volumeClaimTemplates": [{"spec": {"storageClassName": ""}}]}}
+    assert w.addon_needed(explicit) is None
 
 
 BUSYBOX_NSLOOKUP = """Server:\t\t10.96.0.10

@@ -123,6 +123,31 @@ def pin_images(docs: list[dict], pinned: dict[str, str], source: str) -> list[di
     return [pin_doc(doc) for doc in docs]
 
 
+# Seconds between readiness probes of an add-on's containers (see prompt_readiness).
+READINESS_PERIOD = 2
+
+
+def prompt_readiness(docs: list[dict]) -> list[dict]:
+    """`docs` with each workload container's readiness probe run every READINESS_PERIOD seconds from its
+    start; liveness probes keep their timing. The component is awaited on readiness, and upstream's first
+    probes (MetalLB's at 10 s, metrics-server's at 20 s, every 10 s after) were most of the add-ons' bring-up."""
+    def prompt(container: dict) -> dict:
+        probe = container.get("readinessProbe")
+        if not probe:
+            return container
+        probe = {k: v for k, v in probe.items() if k != "initialDelaySeconds"}
+        return {**container, "readinessProbe": {**probe, "periodSeconds": READINESS_PERIOD}}
+
+    out = []
+    for doc in docs:
+        if doc["kind"] in ("Deployment", "DaemonSet"):
+            pod = doc["spec"]["template"]["spec"]
+            pod = {**pod, "containers": [prompt(c) for c in pod["containers"]]}
+            doc = {**doc, "spec": {**doc["spec"], "template": {**doc["spec"]["template"], "spec": pod}}}
+        out.append(doc)
+    return out
+
+
 def pool_objects(address_range: str) -> list[dict]:
     """MetalLB's configuration: one pool on the machine network, announced in L2 mode."""
     meta = {"namespace": METALLB_NAMESPACE}
@@ -195,7 +220,7 @@ def wait_admitted(kubeconfig: str, objs: list[dict], timeout: float = WEBHOOK_TI
                     raise RuntimeError(f"MetalLB's webhooks still refuse its configuration after {timeout:.0f}s: "
                                        f"{e.stderr.strip()[-600:]}\nCheck that the API server reaches pod IPs "
                                        "(`kubectl -n metallb-system get pods,endpoints`).") from e
-            time.sleep(3)
+            time.sleep(1)
 
 
 class _AdmittedProvider(dynamic.ResourceProvider):
@@ -241,6 +266,8 @@ class Addons(pulumi.ComponentResource):
 
     ingress_class: str
     storage_class: str
+    storage: pulumi.Resource
+    ingress: pulumi.Resource
     ingress_address: Output[str]       # the Traefik LoadBalancer address (HTTP 80, HTTPS 443)
     webhook_wait_seconds: Output[float]
 
@@ -255,23 +282,29 @@ class Addons(pulumi.ComponentResource):
         def child(*depends_on: pulumi.Resource) -> ResourceOptions:
             return ResourceOptions(parent=self, providers=[self.provider], depends_on=list(depends_on))
 
+        def objects(manifest: str) -> list[dict]:
+            return prompt_readiness(load(manifest, pins))
+
         # Each group is applied with pulumi-kubernetes' await logic on: Deployments and DaemonSets count as
         # created only when their pods are available, a LoadBalancer Service only once it has an address.
         crds = k8s.yaml.v2.ConfigGroup(f"{name}-metallb-crds", objs=load("metallb-crds", pins), opts=child())
         # The speaker runs in the node's network and reaches the API through the `kubernetes` ClusterIP: the
         # cni role routes the Service CIDR on every node for it.
-        metallb = k8s.yaml.v2.ConfigGroup(f"{name}-metallb", objs=load("metallb", pins), opts=child(crds))
+        metallb = k8s.yaml.v2.ConfigGroup(f"{name}-metallb", objs=objects("metallb"), opts=child(crds))
         pool_objs = pool_objects(address_range)
         admitted = WebhooksAdmit(f"{name}-metallb-webhooks", kubeconfig, pool_objs,
                                  opts=ResourceOptions(parent=self, depends_on=[metallb]))
-        pool = k8s.yaml.v2.ConfigGroup(f"{name}-metallb-pool", objs=pool_objs, opts=child(admitted))
-        k8s.yaml.v2.ConfigGroup(f"{name}-local-path", objs=load("local-path", pins), opts=child())
-        k8s.yaml.v2.ConfigGroup(f"{name}-metrics-server", objs=load("metrics-server", pins), opts=child())
-        # Traefik's Service waits for its MetalLB address, so the pool comes first.
-        traefik = k8s.yaml.v2.ConfigGroup(f"{name}-traefik", objs=load("traefik", pins), opts=child(pool))
+        k8s.yaml.v2.ConfigGroup(f"{name}-metallb-pool", objs=pool_objs, opts=child(admitted))
+        local_path = k8s.yaml.v2.ConfigGroup(f"{name}-local-path", objs=objects("local-path"), opts=child())
+        k8s.yaml.v2.ConfigGroup(f"{name}-metrics-server", objs=objects("metrics-server"), opts=child())
+        # Traefik starts beside MetalLB: its Service is awaited until it has an address, which MetalLB's
+        # controller gives it once the pool exists (it reconciles every Service again when a pool appears).
+        traefik = k8s.yaml.v2.ConfigGroup(f"{name}-traefik", objs=objects("traefik"), opts=child())
 
         self.ingress_class = INGRESS_CLASS
         self.storage_class = STORAGE_CLASS
+        self.storage = local_path       # done once the default StorageClass exists and its provisioner runs
+        self.ingress = traefik          # done once the IngressClass exists and Traefik serves on its address
         self.webhook_wait_seconds = admitted.seconds
         self.ingress_address = traefik.resources.apply(_lb_address)
         self.register_outputs({"ingress_class": self.ingress_class, "storage_class": self.storage_class,

@@ -4,7 +4,8 @@ checks_*.py modules checks on the live cluster that they behave as the notes say
 
 `verify` here is the function; its module is `infra.workloads.verify` (import names from it directly).
 """
-from infra.workloads.deploy import Samples, SamplesArgs, default_node_labels, kubeconfig_content, resource_name
+from infra.workloads.deploy import (INGRESS, STORAGE, Samples, SamplesArgs, addon_needed, default_node_labels,
+                                     grouped_urn, kubeconfig_content, resource_name, type_token)
 from infra.workloads.keys import GENERATE_ANNOTATION, with_generated_keys
 from infra.workloads.manifests import (GROUPS, Manifest, ManifestError, images, load_manifests, load_sources,
                                        pod_specs, validate)

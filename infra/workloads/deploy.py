@@ -1,7 +1,9 @@
 """The sample manifests deployed with pulumi-kubernetes: one Samples component, one child per object.
 
 Each object is its own child resource, so removing one manifest and running `pulumi up` removes exactly that
-object. verify() checks their behaviour afterwards.
+object. It is registered directly with pulumi-kubernetes' type for its kind: wrapping each in a ConfigGroup
+cost the provider a component construction per object in every `up`, no-op ones included. verify() checks
+their behaviour afterwards.
 """
 from __future__ import annotations
 
@@ -16,10 +18,58 @@ from infra.workloads.keys import with_generated_keys
 from infra.workloads.manifests import KINDS, load_sources, object_key
 
 
+SKIP_AWAIT = {"pulumi.com/skipAwait": "true"}
+
+# The add-ons a sample needs before it is created; every other sample is applied while the add-ons come up.
+STORAGE, INGRESS = "storage", "ingress"
+
+
+def addon_needed(obj: dict) -> Optional[str]:
+    """STORAGE for an object whose claims take the default StorageClass (it is set when a claim is created),
+    INGRESS for an Ingress (the controller and its class), None for the rest. A LoadBalancer Service needs
+    nothing first: MetalLB gives it an address whenever its pool appears, and pods read only its ClusterIP."""
+    kind, spec = obj["kind"], obj.get("spec") or {}
+    if kind == "Ingress":
+        return INGRESS
+    if kind == "PersistentVolumeClaim":
+        claims = [spec]
+    elif kind == "StatefulSet":
+        claims = [template.get("spec") or {} for template in spec.get("volumeClaimTemplates") or []]
+    else:
+        claims = []
+    return STORAGE if any("storageClassName" not in claim for claim in claims) else None
+
+
 def resource_name(obj: dict) -> str:
     """The object's child name under Samples (kind-namespace-name): part of its Pulumi URN, so keep it stable."""
     kind, namespace, name = object_key(obj)
     return "-".join(p for p in (kind.lower(), namespace, name) if p)
+
+
+def type_token(obj: dict) -> str:
+    """pulumi-kubernetes' resource type for the object's apiVersion and kind, e.g. kubernetes:apps/v1:Deployment."""
+    group, _, version = obj["apiVersion"].rpartition("/")
+    return f"kubernetes:{group or 'core'}/{version}:{obj['kind']}"
+
+
+def grouped_urn(samples_urn: str, child: str, obj: dict) -> str:
+    """The URN the object had when each sample was a ConfigGroup of its own (stacks made before 2026-12-05):
+    given as an alias, so such a stack keeps its objects instead of replacing them."""
+    prefix = samples_urn.rsplit("::", 1)[0]
+    _, namespace, name = object_key(obj)
+    ident = f"{namespace}/{name}" if namespace else name
+    return f"{prefix}$kubernetes:yaml/v2:ConfigGroup${type_token(obj)}::{child}:{ident}"
+
+
+def resource_inputs(obj: dict, secret: bool) -> dict:
+    """The object as the resource's inputs: await logic skipped (pulumi-kubernetes' annotation), and with
+    `secret`, everything but its identity kept secret in the state (generated key material)."""
+    metadata = obj["metadata"]
+    inputs = {**obj, "metadata": {**metadata, "annotations": {**metadata.get("annotations", {}), **SKIP_AWAIT}}}
+    if secret:
+        inputs = {k: v if k in ("apiVersion", "kind", "metadata") else pulumi.Output.secret(v)
+                  for k, v in inputs.items()}
+    return inputs
 
 
 @dataclass
@@ -29,6 +79,8 @@ class SamplesArgs:
     keys_dir: Path                        # where generated TLS/SSH keys are kept between runs (outside git)
     node_labels: Mapping[str, Mapping[str, str]] = field(default_factory=dict)   # e.g. {"w1": {"disk": "ssd"}}
     external_ip: Optional[str] = None     # replaces W04's lab address 192.168.0.30 when given
+    # STORAGE / INGRESS -> the add-on resource that provides it: the samples that need one (addon_needed) wait
+    addons: Mapping[str, pulumi.Resource] = field(default_factory=dict)
 
 
 def kubeconfig_content(path: Any) -> pulumi.Output[str]:
@@ -49,8 +101,10 @@ class Samples(pulumi.ComponentResource):
 
     Objects of one stage (e.g. all Services) are applied concurrently, which keeps `up` short; the stage
     order still puts namespaces before their contents and Services before the pods that read their
-    <SVC>_SERVICE_HOST variables. Await logic is skipped: several samples are meant to wait (a pod for its
-    node label, a claim for its first consumer), and verify() checks behaviour afterwards.
+    <SVC>_SERVICE_HOST variables. Only the objects addon_needed() names wait for an add-on (and, through the
+    stage order, what follows them), so the rest start while the add-ons come up. Await logic is skipped:
+    several samples are meant to wait (a pod for its node label, a claim for its first consumer), and verify()
+    checks behaviour afterwards.
     """
 
     objects: list[str]
@@ -74,9 +128,13 @@ class Samples(pulumi.ComponentResource):
             if KINDS[obj["kind"]][1] != stage:      # load order is stage order
                 stage, previous, current = KINDS[obj["kind"]][1], current or previous, []
             child = f"{name}-{resource_name(obj)}"
-            current.append(k8s.yaml.v2.ConfigGroup(
-                child, objs=[pulumi.Output.secret(obj) if has_keys else obj], skip_await=True,
-                opts=pulumi.ResourceOptions(parent=self, providers=[self.provider], depends_on=list(previous))))
+            needed = addon_needed(obj)
+            needs = [args.addons[needed]] if needed in args.addons else []
+            former = self.urn.apply(lambda urn, child=child, obj=obj: grouped_urn(urn, child, obj))
+            current.append(pulumi.CustomResource(
+                type_token(obj), child, resource_inputs(obj, has_keys),
+                opts=pulumi.ResourceOptions(parent=self, provider=self.provider, aliases=[former],
+                                            depends_on=list(previous) + needs)))
             names.append(child)
         self.objects = names
         self.register_outputs({"objects": names})

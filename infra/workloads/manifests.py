@@ -1,10 +1,10 @@
 """The sample manifests in workloads/: the model (Manifest), static validation against what Kubernetes 1.34
 serves, and loading in apply order.
 
-Apply order is deterministic: by kind stage (namespaces and cluster storage, config and claims, services,
-bare pods, controllers, ingresses), then by group directory, file name and position in the file. Services
-come before the pods so pods get the <SVC>_SERVICE_HOST variables the notes show; bare pods come before
-the controllers so a ReplicaSet adopts the pod made "by hand", as in the notes.
+Apply order is deterministic: by kind stage (namespaces and cluster storage, config, claims and jobs,
+services, bare pods, the other controllers, ingresses), then by group directory, file name and position in
+the file. Services come before the pods so pods get the <SVC>_SERVICE_HOST variables the notes show; bare
+pods come before the controllers so a ReplicaSet adopts the pod made "by hand", as in the notes.
 """
 from __future__ import annotations
 
@@ -42,8 +42,9 @@ KINDS: dict[str, tuple[str, int, bool]] = {
     "Deployment": ("apps/v1", 5, True),
     "DaemonSet": ("apps/v1", 5, True),
     "StatefulSet": ("apps/v1", 5, True),
-    "Job": ("batch/v1", 5, True),
-    "CronJob": ("batch/v1", 5, True),
+    # Jobs read no Service, claim or bare pod, and the notes' run longest: they start with the config.
+    "Job": ("batch/v1", 2, True),
+    "CronJob": ("batch/v1", 2, True),
     "Ingress": ("networking.k8s.io/v1", 6, True),
 }
 
