@@ -44,7 +44,7 @@ def artifacts(c, list=False, export=None, missing=False, jobs=0,  # noqa: A002 -
     rootfs, into ~/.cache/pilothouse, two at a time, printing [done/total], what is building and for how long.
 
     The first run compiles Kubernetes, etcd, CoreDNS, the Pulumi CLI, the kubernetes provider and the add-ons
-    from Go modules (about 24 minutes on 2 cores); later runs reuse the cache and take seconds. `up`, `test`
+    from Go modules (about 25 minutes on 2 cores); later runs reuse the cache and take seconds. `up`, `test`
     and `ci-up` run this first (`up` also builds the other Kubernetes release its stack names); `preview` never
     builds."""
     deps(c, quiet=True)
@@ -63,7 +63,7 @@ def _require_artifacts(c, kubernetes: str = "") -> None:
     if result.failed:
         absent = result.stdout.strip().replace("\n", ", ")
         raise Exit(f"not built yet: {absent}.\nRun `invoke artifacts{flags}` first (it builds them with progress; "
-                   "about 24 minutes on 2 cores when nothing is cached).", code=1)
+                   "about 25 minutes on 2 cores when nothing is cached).", code=1)
 
 
 def _stack(name: str):
