@@ -180,7 +180,8 @@ def build(spec: spec_mod.ClusterSpec, manifests_dir: Path = REPO / "workloads", 
     used = tuple(m.address for m in spec.machines) + (spec.host_address,)
     cluster_addons = addons.Addons(f"{spec.name}-addons", addons.AddonsArgs(
         kubeconfig=cluster.admin_kubeconfig, lb_address_range=lb_range or spec.lb_address_range,
-        machine_cidr=str(spec.machine_cidr), used_addresses=used, pinned_images=cluster.pinned_images),
+        machine_cidr=str(spec.machine_cidr), used_addresses=used, pinned_images=cluster.pinned_images,
+        keys_dir=playbook.cluster_dir(spec.name) / "addon-keys"),
         opts=ResourceOptions.merge(deleted_with(cluster.playbook), ResourceOptions(depends_on=[cluster])))
     # The notes' sample workloads, beside the add-ons: only those that need the default StorageClass or the
     # ingress controller wait for that add-on (workloads.addon_needed).

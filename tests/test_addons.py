@@ -7,6 +7,7 @@ The live tests run on the session's shared cluster (tests/conftest.py), in a nam
 """
 from __future__ import annotations
 
+import base64
 import datetime
 import http.client
 import ipaddress
@@ -20,7 +21,7 @@ import pytest
 import yaml
 from conftest import create_namespace
 
-from infra import addons, artifacts
+from infra import addons, artifacts, playbook
 from infra.kube import Kubectl, KubectlError
 
 NS = "addons-test"
@@ -90,6 +91,77 @@ def test_every_addon_container_is_probed_for_readiness_every_two_seconds_from_it
                 {k: v for k, v in before.items() if k != "readinessProbe"}
     assert set(probed) == {"controller", "speaker", "metrics-server", "traefik"}
     assert all(p["periodSeconds"] == 2 and "initialDelaySeconds" not in p for p in probed.values()), probed
+
+
+def _depends_on(doc: dict) -> list[str]:
+    return [r for r in (doc["metadata"].get("annotations") or {}).get(addons.DEPENDS_ON, "").split(",") if r]
+
+
+def test_each_addon_workload_waits_for_its_account_and_the_rights_bound_to_it():
+    for name in ("metallb", "traefik", "local-path", "metrics-server"):
+        docs = addons.accounts_first(addons.load(name))
+        refs = {addons.object_ref(d) for d in docs}
+        for doc in docs:
+            if doc["kind"] in ("Deployment", "DaemonSet"):
+                needed = _depends_on(doc)
+                assert needed, f"{name}: {doc['metadata']['name']} waits for nothing"
+                assert set(needed) <= refs, f"{name}: {set(needed) - refs} are not in the group"
+    controller = next(d for d in addons.accounts_first(addons.load("metallb")) if d["kind"] == "Deployment")
+    assert set(_depends_on(controller)) == {
+        "/namespaces/metallb-system/ServiceAccount/controller",
+        "rbac.authorization.k8s.io/namespaces/metallb-system/Role/controller",
+        "rbac.authorization.k8s.io/namespaces/metallb-system/RoleBinding/controller",
+        "rbac.authorization.k8s.io/ClusterRole/metallb-system:controller",
+        "rbac.authorization.k8s.io/ClusterRoleBinding/metallb-system:controller"}
+    # Bound to a role the group does not hold (kube-system's own): the binding is waited for, the role not.
+    server = next(d for d in addons.accounts_first(addons.load("metrics-server")) if d["kind"] == "Deployment")
+    assert "rbac.authorization.k8s.io/namespaces/kube-system/RoleBinding/metrics-server-auth-reader" in \
+        _depends_on(server)
+    assert not any(r.endswith("extension-apiserver-authentication-reader") for r in _depends_on(server))
+
+
+def test_the_speaker_is_applied_apart_from_the_rest_of_metallb():
+    rest, speaker = addons.split_speaker(addons.load("metallb"))
+    assert (speaker["kind"], speaker["metadata"]["name"]) == ("DaemonSet", "speaker")
+    assert not any(d["kind"] == "DaemonSet" for d in rest)
+    assert len(rest) == len(addons.load("metallb")) - 1
+    with pytest.raises(addons.AddonsError, match="speaker"):
+        addons.split_speaker(rest)
+
+
+def test_metallbs_webhook_secret_holds_a_ca_and_serving_certificate_its_rotator_accepts(tmp_path):
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import padding
+    from pulumi import Output
+
+    rest = addons.split_speaker(addons.load("metallb"))[0]
+    docs = addons.with_webhook_cert(rest, tmp_path)
+    secret = next(d for d in docs if d["kind"] == "Secret" and d["metadata"]["name"] == addons.WEBHOOK_SECRET)
+    assert set(secret["data"]) == {"ca.crt", "ca.key", "tls.crt", "tls.key"}
+    assert all(isinstance(v, Output) for v in secret["data"].values())      # kept secret in the state
+    folder = tmp_path / f"metallb-system.{addons.WEBHOOK_SECRET}"
+    files = {name: (folder / name).read_bytes() for name in secret["data"]}
+    # What cert-controller's rotator checks: the CA is valid for the name `cert`, the serving certificate is
+    # signed by it for the Service's DNS name (server auth), both keys are PKCS#1 RSA.
+    ca = x509.load_pem_x509_certificate(files["ca.crt"])
+    served = x509.load_pem_x509_certificate(files["tls.crt"])
+    assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    assert ca.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
+        x509.DNSName) == ["cert"]
+    assert served.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
+        x509.DNSName) == ["metallb-webhook-service.metallb-system.svc"]
+    assert x509.oid.ExtendedKeyUsageOID.SERVER_AUTH in \
+        served.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    ca.public_key().verify(served.signature, served.tbs_certificate_bytes, padding.PKCS1v15(),
+                           served.signature_hash_algorithm)
+    assert served.not_valid_after_utc - datetime.datetime.now(datetime.timezone.utc) > datetime.timedelta(days=365)
+    assert files["ca.key"].startswith(b"-----BEGIN RSA PRIVATE KEY-----")
+    assert files["tls.key"].startswith(b"-----BEGIN RSA PRIVATE KEY-----")
+    controller = next(d for d in docs if d["kind"] == "Deployment")
+    assert "/namespaces/metallb-system/Secret/metallb-webhook-cert" in _depends_on(controller)
+    # Made once: a later run applies the same material.
+    addons.with_webhook_cert(rest, tmp_path)
+    assert {name: (folder / name).read_bytes() for name in secret["data"]} == files
 
 
 @pytest.mark.artifacts
@@ -171,6 +243,14 @@ def test_every_addon_is_ready_and_traefik_has_an_address_from_the_pool(cluster):
         ready = status.get("readyReplicas") if kind == "deployment" else status.get("numberReady")
         wanted = obj["spec"].get("replicas") if kind == "deployment" else status.get("desiredNumberScheduled")
         assert ready == wanted, f"{ns}/{kind}/{name}: {ready} of {wanted} ready"
+    # MetalLB's controller kept the webhook CA pilothouse made (its rotator replaces one it finds invalid),
+    # and injected it into its webhook configuration.
+    kept = (playbook.cluster_dir(live.spec.name) / "addon-keys" / f"metallb-system.{addons.WEBHOOK_SECRET}"
+            / "ca.crt").read_bytes()
+    served = kube.json("get", "-n", "metallb-system", "secret", addons.WEBHOOK_SECRET)["data"]["ca.crt"]
+    assert base64.b64decode(served) == kept
+    hooks = kube.json("get", "validatingwebhookconfiguration", "metallb-webhook-configuration")["webhooks"]
+    assert {base64.b64decode(h["clientConfig"]["caBundle"]) for h in hooks} == {kept}
 
 
 @pytest.mark.artifacts

@@ -34,6 +34,7 @@ from pulumi import Output, ResourceOptions, dynamic
 from infra import artifacts
 from infra.artifacts.store import ArtifactError
 from infra.kube import Kubectl, KubectlError
+from infra.workloads.keys import GENERATE_ANNOTATION, with_generated_keys
 
 # Not under workloads/: these are the cluster's own services, not samples of the notes.
 ADDONS_DIR = Path(__file__).resolve().parent / "manifests"
@@ -144,6 +145,92 @@ def prompt_readiness(docs: list[dict]) -> list[dict]:
             pod = doc["spec"]["template"]["spec"]
             pod = {**pod, "containers": [prompt(c) for c in pod["containers"]]}
             doc = {**doc, "spec": {**doc["spec"], "template": {**doc["spec"]["template"], "spec": pod}}}
+        out.append(doc)
+    return out
+
+
+# pulumi-kubernetes' ordering inside a ConfigGroup (cli-utils object references, comma separated).
+DEPENDS_ON = "config.kubernetes.io/depends-on"
+
+
+def object_ref(doc: dict) -> str:
+    """`doc` as a depends-on reference: <group>/namespaces/<namespace>/<kind>/<name> (core group empty)."""
+    group = doc["apiVersion"].rpartition("/")[0]
+    namespace = doc["metadata"].get("namespace")
+    scope = f"/namespaces/{namespace}" if namespace else ""
+    return f"{group}{scope}/{doc['kind']}/{doc['metadata']['name']}"
+
+
+def with_depends_on(doc: dict, refs: list[str]) -> dict:
+    """A copy of `doc` that pulumi-kubernetes creates only after `refs` are created and ready."""
+    annotations = dict(doc["metadata"].get("annotations") or {})
+    known = [r for r in annotations.get(DEPENDS_ON, "").split(",") if r]
+    annotations[DEPENDS_ON] = ",".join(known + [r for r in refs if r not in known])
+    return {**doc, "metadata": {**doc["metadata"], "annotations": annotations}}
+
+
+def accounts_first(docs: list[dict]) -> list[dict]:
+    """`docs` with each Deployment and DaemonSet created after the ServiceAccount its pods run as and the
+    bindings and roles in the group that grant it rights. Created together, the ReplicaSet controller is
+    refused the pods until the account exists and retries with a growing backoff, and a controller that
+    starts before its rights fails and restarts with the kubelet's crash backoff."""
+    def key(doc: dict) -> tuple:
+        return doc["kind"], doc["metadata"].get("namespace"), doc["metadata"]["name"]
+
+    present = {key(d): d for d in docs}
+    out = []
+    for doc in docs:
+        if doc["kind"] in ("Deployment", "DaemonSet"):
+            namespace = doc["metadata"].get("namespace")
+            account = doc["spec"]["template"]["spec"].get("serviceAccountName", "default")
+            needed = [present.get(("ServiceAccount", namespace, account))]
+            for binding in docs:
+                if binding["kind"] not in ("RoleBinding", "ClusterRoleBinding") or not any(
+                        s.get("kind") == "ServiceAccount" and s.get("name") == account
+                        and s.get("namespace", binding["metadata"].get("namespace")) == namespace
+                        for s in binding.get("subjects") or []):
+                    continue
+                role = binding["roleRef"]
+                scope = binding["metadata"].get("namespace") if role["kind"] == "Role" else None
+                needed += [binding, present.get((role["kind"], scope, role["name"]))]
+            refs = [object_ref(d) for d in needed if d]
+            if refs:
+                doc = with_depends_on(doc, refs)
+        out.append(doc)
+    return out
+
+
+def split_speaker(docs: list[dict]) -> tuple[list[dict], dict]:
+    """(MetalLB's documents without its speaker DaemonSet, that DaemonSet)."""
+    speaker = [d for d in docs if d["kind"] == "DaemonSet" and d["metadata"]["name"] == "speaker"]
+    if len(speaker) != 1:
+        raise AddonsError(f"{ADDONS_DIR / 'metallb.yaml'} must hold MetalLB's one `speaker` DaemonSet")
+    return [d for d in docs if d is not speaker[0]], speaker[0]
+
+
+# MetalLB's webhook Secret, and what its controller's certificate rotator accepts there as valid (a CA named
+# `cert`, and a serving certificate it signs for the webhook Service's name).
+WEBHOOK_SECRET = "metallb-webhook-cert"
+WEBHOOK_KEYS = (f"x509-ca ca-cn=cert ca=ca.crt ca-key=ca.key cn=metallb-webhook-service.{METALLB_NAMESPACE}.svc "
+                "cert=tls.crt key=tls.key")
+
+
+def with_webhook_cert(docs: list[dict], keys_dir: Path) -> list[dict]:
+    """MetalLB's docs with its webhook Secret holding a CA and serving certificate made once and kept in
+    keys_dir. Upstream ships it empty: the controller then issues them, but serves (and turns ready) only
+    once the kubelet has refreshed the Secret's volume in its pod, which took 10-45 s here and sometimes
+    past the liveness probe's limit, restarting it. Valid ones from the start are kept as they are."""
+    secret = next(d for d in docs if d["kind"] == "Secret" and d["metadata"]["name"] == WEBHOOK_SECRET)
+    out = []
+    for doc in docs:
+        if doc is secret:
+            annotations = {**(doc["metadata"].get("annotations") or {}), GENERATE_ANNOTATION: WEBHOOK_KEYS}
+            doc = with_generated_keys({**doc, "metadata": {**doc["metadata"], "annotations": annotations}},
+                                      keys_dir)
+            doc = {**doc, "data": {k: Output.secret(v) for k, v in doc["data"].items()}}
+        elif doc["kind"] == "Deployment" and doc["metadata"]["name"] == "controller":
+            # Its pod mounts the Secret: created first, the kubelet need not retry the mount.
+            doc = with_depends_on(doc, [object_ref(secret)])
         out.append(doc)
     return out
 
@@ -259,6 +346,9 @@ class AddonsArgs:
     # image ref -> the same image by digest, for images served by the local registry; empty keeps the tags
     # (pulled from upstream, whose digests are not those of the local builds)
     pinned_images: dict[str, str] = field(default_factory=dict)
+    # where generated key material is kept between runs (MetalLB's webhook certificates); None leaves them
+    # to MetalLB's controller
+    keys_dir: Path | None = None
 
 
 class Addons(pulumi.ComponentResource):
@@ -283,14 +373,25 @@ class Addons(pulumi.ComponentResource):
             return ResourceOptions(parent=self, providers=[self.provider], depends_on=list(depends_on))
 
         def objects(manifest: str) -> list[dict]:
-            return prompt_readiness(load(manifest, pins))
+            return accounts_first(prompt_readiness(load(manifest, pins)))
 
         # Each group is applied with pulumi-kubernetes' await logic on: Deployments and DaemonSets count as
         # created only when their pods are available, a LoadBalancer Service only once it has an address.
         crds = k8s.yaml.v2.ConfigGroup(f"{name}-metallb-crds", objs=load("metallb-crds", pins), opts=child())
-        # The speaker runs in the node's network and reaches the API through the `kubernetes` ClusterIP: the
-        # cni role routes the Service CIDR on every node for it.
-        metallb = k8s.yaml.v2.ConfigGroup(f"{name}-metallb", objs=objects("metallb"), opts=child(crds))
+        rest, speaker = split_speaker(prompt_readiness(load("metallb", pins)))
+        if args.keys_dir:
+            rest = with_webhook_cert(rest, args.keys_dir)
+        metallb = k8s.yaml.v2.ConfigGroup(f"{name}-metallb", objs=accounts_first(rest), opts=child(crds))
+        # The speaker follows the controller, which creates the `memberlist` Secret its pods mount: created
+        # together, the kubelet retried that mount with a doubling backoff and the speakers came up 15-20 s
+        # late. Nothing waits for it but the component itself: the pool needs the controller's webhooks,
+        # and Services get their addresses from the controller. It runs in the node's network and reaches the
+        # API through the `kubernetes` ClusterIP, which the cni role routes on every node. Its name is the one
+        # it had as a child of the metallb group, and that former parent is an alias, so an existing stack
+        # keeps its DaemonSet.
+        pulumi.CustomResource("kubernetes:apps/v1:DaemonSet", f"{name}-metallb:{METALLB_NAMESPACE}/speaker", speaker,
+                              opts=ResourceOptions(parent=self, provider=self.provider, depends_on=[metallb],
+                                                   aliases=[pulumi.Alias(parent=metallb)]))
         pool_objs = pool_objects(address_range)
         admitted = WebhooksAdmit(f"{name}-metallb-webhooks", kubeconfig, pool_objs,
                                  opts=ResourceOptions(parent=self, depends_on=[metallb]))
