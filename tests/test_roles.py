@@ -39,6 +39,16 @@ def test_every_node_is_ready_and_only_masters_are_tainted(shared_cluster):
     assert tainted == {m.name: "master" in m.roles for m in spec.nodes}, tainted
 
 
+def test_every_kubelet_runs_with_the_configuration_the_role_wrote(shared_cluster):
+    """Read back from each kubelet's own /configz (through the API server): what it runs with, not the file."""
+    for node in shared_cluster.spec.nodes:
+        config = json.loads(shared_cluster.kubectl.run("get", "--raw", f"/api/v1/nodes/{node.name}/proxy/configz"))
+        running = config["kubeletconfig"]
+        assert (running["serializeImagePulls"], running["maxParallelImagePulls"]) == (False, 4), node.name
+        assert running["authentication"]["anonymous"]["enabled"] is False, node.name
+        assert running["maxPods"] == 110, node.name
+
+
 def test_etcd_is_healthy_on_every_member_and_lists_them_all(shared_cluster):
     members = shared_cluster.spec.etcd
     for m in members:

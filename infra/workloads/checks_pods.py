@@ -253,7 +253,14 @@ def _w57(c: Probe) -> str:
         only("luksa/kubia:v1")
         c.run("rollout", "pause", "-n", ns, d)
         c.run("set", "image", "-n", ns, d, "nodejs=luksa/kubia:v4")
-        time.sleep(10)
+        # Paused, the controller still records that it has seen the new template (observedGeneration) but
+        # scales up no ReplicaSet for it (an earlier verify's v4 one stays in the history at 0): once it has,
+        # nothing may have rolled.
+        eventually(lambda: expect(_observed(c, ns, d), "the controller has not seen the v4 template yet"), 60, 0.5)
+        held = [rs["metadata"]["name"] for rs in c.json("get", "rs", "-n", ns, "-l", "app=kubia")["items"]
+                if rs["spec"]["template"]["spec"]["containers"][0]["image"] == "luksa/kubia:v4"
+                and rs["spec"].get("replicas")]
+        expect(not held, f"paused deployment scaled up ReplicaSet {held} for v4")
         expect(images_now() == {"luksa/kubia:v1"}, f"paused deployment rolled anyway: {images_now()}")
         c.run("rollout", "resume", "-n", ns, d)
         status()
@@ -263,6 +270,12 @@ def _w57(c: Probe) -> str:
         c.run("set", "image", "-n", ns, d, "nodejs=luksa/kubia:v1", check=False)
     status()
     return "v1 -> v2, undo -> v1, paused v4 held back, resumed -> v4; restored to v1"
+
+
+def _observed(c: Probe, ns: str, target: str) -> bool:
+    """Whether the controller has processed the object's latest spec."""
+    obj = c.json("get", "-n", ns, target)
+    return obj.get("status", {}).get("observedGeneration") == obj["metadata"]["generation"]
 
 
 @check("W58 service/nginx, statefulset/web (web)")
