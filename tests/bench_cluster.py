@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 import tempfile
@@ -51,6 +52,16 @@ def slowest_tasks(cluster: str) -> list[dict]:
         if name:
             tasks.append({"task": name, "seconds": float(seconds)})
     return tasks
+
+
+def slowest_checks(lines: list[str]) -> list[dict]:
+    """verify()'s result lines (`PASS  <workload>  (<seconds>s)  <reason>`), slowest first."""
+    found = []
+    for line in lines:
+        match = re.match(r"(?:PASS|FAIL)  (.+?)  \((\d+)s\)", line)
+        if match:
+            found.append({"check": match.group(1), "seconds": int(match.group(2))})
+    return sorted(found, key=lambda c: -c["seconds"])
 
 
 # Component -> (role of the machine it is restarted on, the command that succeeds once it is ready there).
@@ -127,9 +138,13 @@ def main() -> None:
                 print(f"    {task['seconds']:6.1f} s  {task['task']}")
 
             began = time.monotonic()
+            lines: list[str] = []
             results = workloads.verify(kubeconfig, kubectl=kubectl, ingress_address=outputs["ingress_address"].value,
-                                       echo=lambda _line: None)
+                                       echo=lines.append)
             tl.phase(f"workloads verified ({sum(r.ok for r in results)}/{len(results)} pass)", began)
+            checks = slowest_checks(lines)
+            for check in checks[:5]:
+                print(f"    {check['seconds']:6.0f} s  {check['check']}")
 
             key_file = Path(state) / "id_ed25519"
             key_file.write_text(outputs["ssh_private_key"].value)
@@ -157,7 +172,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     record = {"when": stamp, "topology": "3 masters (stacked etcd), 2 workers, 1 LB", "phases": tl.phases,
-              "slowest_playbook_tasks": tasks, "restart_to_ready_s": components}
+              "slowest_playbook_tasks": tasks, "slowest_checks": checks, "restart_to_ready_s": components}
     (args.out / f"timeline-{stamp}.json").write_text(json.dumps(record, indent=2))
     chart(tl.phases, args.out / f"timeline-{stamp}.png")
     print(f"timeline written to {args.out}/timeline-{stamp}.json and .png")
