@@ -93,6 +93,9 @@ REFUSED = {
     "no lb group at all": ({"ha": False, "masters": 1, "lbs": 0}, _no_lb_group, "has no group 'lb'"),
     "unknown pod network": ({}, _set(pilothouse_pod_network="flannel"),
                             "pilothouse_pod_network must be one of: routed, vxlan"),
+    "more pods per node than its /24 holds": ({}, _set(kubelet_max_pods=300), "must be from 1 to 253"),
+    "negative parallel image pulls": ({}, _set(kubelet_max_parallel_image_pulls=-1),
+                                      "must be 0 (one pull at a time) or more"),
 }
 
 
