@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
+from infra import yamlload
 
 LOCK = Path(__file__).parent / "artifacts" / "lock.yaml"
 BACKENDS = ("local", "existing", "libvirt", "aws")
@@ -246,9 +246,7 @@ class ClusterSpec:
 
 
 def known_kubernetes_versions(lock: Path = LOCK) -> tuple[str, ...]:
-    # libyaml's loader when present: the pure-Python one takes ~70 ms on the lock file, per spec built.
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-    pinned = yaml.load(lock.read_text(), Loader=loader)
+    pinned = yamlload.load(lock.read_text())
     return (pinned["go"]["kubernetes"]["version"], *(pinned.get("kubernetes_releases") or {}))
 
 

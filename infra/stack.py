@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Collection, Mapping
 
+import pulumi.log
 from pulumi import automation as auto
 
 from infra import artifacts, playbook
@@ -129,6 +130,10 @@ def install_kubernetes_plugin(env: dict[str, str]) -> None:
                    env=dict(os.environ, **env), check=True, capture_output=True)
 
 
+def _no_debug(*args, **kwargs) -> None:
+    """pulumi.log.debug for the inline program's runs (select_stack)."""
+
+
 def select_stack(stack: str, program: Callable[[], None], state_dir: Path,
                  work_dir: Path = REPO, config: dict[str, str] | None = None) -> auto.Stack:
     env = pulumi_env(state_dir)
@@ -141,6 +146,11 @@ def select_stack(stack: str, program: Callable[[], None], state_dir: Path,
     command = auto.PulumiCommand()
     workspace = auto.LocalWorkspaceOptions(work_dir=str(work_dir), env_vars=env, pulumi_command=command,
                                            pulumi_home=env["PULUMI_HOME"])
+    # The inline program runs in this process, where the SDK sends each of its debug lines (about four per
+    # resource) to the engine as a blocking call on the program's event loop; the CLI then drops them, as these
+    # runs never pass --debug. They are not sent from here (a plain `pulumi up --debug` still shows them). No-op
+    # `up` of the default cluster, four runs each, alternating: median 5.34 s with them, 4.92 s without.
+    pulumi.log.debug = _no_debug
     stack_obj = auto.create_or_select_stack(stack_name=stack, project_name="pilothouse", program=program,
                                             opts=workspace)
     for key, value in (config or {}).items():

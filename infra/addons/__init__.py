@@ -31,7 +31,7 @@ import pulumi_kubernetes as k8s
 import yaml
 from pulumi import Output, ResourceOptions, dynamic
 
-from infra import artifacts
+from infra import artifacts, yamlload
 from infra.artifacts.store import ArtifactError
 from infra.kube import Kubectl, KubectlError
 from infra.workloads.keys import GENERATE_ANNOTATION, with_generated_keys
@@ -85,7 +85,7 @@ def check_address_range(value: str, machine_cidr: str | None = None,
 def load(name: str, pinned: dict[str, str] | None = None) -> list[dict]:
     """The documents of manifests/<name>.yaml, with every image pinned by digest if `pinned` is given."""
     path = ADDONS_DIR / f"{name}.yaml"
-    docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
+    docs = [d for d in yamlload.load_all(path.read_text()) if d]
     return pin_images(docs, pinned, path.name) if pinned else docs
 
 
@@ -116,7 +116,7 @@ def pin_images(docs: list[dict], pinned: dict[str, str], source: str) -> list[di
         doc = walk(doc)
         if doc.get("kind") == "ConfigMap":
             for key, text in (doc.get("data") or {}).items():
-                embedded = yaml.safe_load(text) if key.endswith(".yaml") else None
+                embedded = yamlload.load(text) if key.endswith(".yaml") else None
                 if isinstance(embedded, dict) and embedded.get("kind") == "Pod":
                     doc["data"][key] = yaml.safe_dump(walk(embedded), sort_keys=False)
         return doc
@@ -264,7 +264,7 @@ def metallb_module_dir() -> Path:
 
 def metallb_upstream(module_dir: Path) -> tuple[list[dict], list[dict]]:
     """(CRDs, everything else) from MetalLB's own native-mode manifest."""
-    docs = [d for d in yaml.safe_load_all((module_dir / METALLB_UPSTREAM).read_text()) if d]
+    docs = [d for d in yamlload.load_all((module_dir / METALLB_UPSTREAM).read_text()) if d]
     crds = [d for d in docs if d["kind"] == "CustomResourceDefinition"]
     return crds, [d for d in docs if d["kind"] != "CustomResourceDefinition"]
 

@@ -6,7 +6,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import yaml
+from infra import yamlload
 
 from . import download, gobuild
 from .store import ArtifactError, Entry, commit, lookup, recipe_key, staging_dir
@@ -16,9 +16,8 @@ SOURCES = ("build", "download")
 
 
 def load_lock(path: Path = LOCK) -> dict:
-    # libyaml's loader when present: the program looks up a dozen artifacts per run, and the pure-Python loader
-    # takes ~80 ms for each read of this file.
-    lock = yaml.load(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    # The program looks up a dozen artifacts per run; the pure-Python loader took ~80 ms for each read of this file.
+    lock = yamlload.load(path.read_text())
     if lock.get("source") not in SOURCES:
         raise ArtifactError(f"{path}: source must be one of {', '.join(SOURCES)}, not {lock.get('source')!r}")
     return lock

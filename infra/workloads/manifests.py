@@ -15,6 +15,8 @@ from typing import Any, Iterator, Optional
 
 import yaml
 
+from infra import yamlload
+
 # The notes' own grouping; namespaces first because everything else may live in one.
 GROUPS = ("namespaces", "pods", "controllers", "jobs", "services", "ingress", "volumes", "config", "statefulsets")
 
@@ -221,7 +223,7 @@ def load_sources(root: Path) -> list[Manifest]:
         if not SAMPLE_ID.match(path.name):
             raise ManifestError(f"{path}: file name must start with the sample id (W01-, F07-, NS-)")
         try:
-            docs = [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
+            docs = [d for d in yamlload.load_all(path.read_text()) if d is not None]
         except yaml.YAMLError as e:
             raise ManifestError(f"{path}: not valid YAML: {e}") from e
         if not docs:
