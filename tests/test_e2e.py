@@ -119,6 +119,13 @@ def test_removing_one_manifest_removes_exactly_that_object(shared_cluster):
     # The object itself; nothing else changes.
     assert result.summary.resource_changes == {"delete": 1, "same": result.summary.resource_changes["same"]}, \
         result.summary.resource_changes
-    assert not _exists(kube, key)
+    # The samples skip pulumi-kubernetes' await, so `up` returns once the API accepted the delete; with its
+    # ReplicaSet and pods still being removed, the Deployment may be there a moment longer, marked for deletion.
+    kind, namespace, name = key
+    deadline = time.monotonic() + 90
+    while found := kube.run("get", kind, name, "-n", namespace, "--ignore-not-found", "-o", "json"):
+        assert json.loads(found)["metadata"].get("deletionTimestamp"), "up left the object, not marked for deletion"
+        assert time.monotonic() < deadline, "the object is still being deleted 90 s after up returned"
+        time.sleep(1)
     still = [k for k in keys if k != key and not _exists(kube, k)]
     assert not still, f"also gone: {still}"
