@@ -322,9 +322,9 @@ def run_playbook(inventory: dict, extravars: dict, ssh_private_key: str, log_dir
 
     The run happens in a new interpreter: ansible-runner forks through pexpect, which is unsafe in a process
     holding gRPC threads (the provider's server, the Automation API's client in invoke and the tests). Seen
-    here: the forked child lost its file descriptors, the run ended with no exit code, and ansible-runner's
-    thread feeding the SSH key through a FIFO then hung the caller at exit. A new interpreter has no threads
-    to inherit. Its result comes back through a pipe of its own, so `quiet=False` can stream Ansible's output."""
+    here: the forked child lost its file descriptors and the run ended with no exit code. A new interpreter
+    has no threads to inherit. Its result comes back through a pipe of its own, so `quiet=False` can stream
+    Ansible's output."""
     read_end, write_end = os.pipe()
     job = json.dumps({"inventory": inventory, "extravars": extravars, "ssh_private_key": ssh_private_key,
                       "log_dir": str(log_dir.resolve()), "quiet": quiet, "scale_nodes": scale_nodes or [],
@@ -355,6 +355,19 @@ def run_playbook(inventory: dict, extravars: dict, ssh_private_key: str, log_dir
     return RunResult(out["changed"], time.monotonic() - started, Path(out["log"]))
 
 
+def key_envvars(private: Path, key: str) -> dict[str, str]:
+    """Ansible's environment for logging in with the generated key: the key as a file (0600) in the run's
+    private directory, and no agent, so that key alone is offered (a user's agent holding several keys could
+    use up the machines' authentication attempts). Not ansible-runner's ssh_key: that starts an ssh-agent
+    whose socket directory in /tmp outlives a killed run, where this directory is removed by
+    remove_dead_runs_data."""
+    path = private / "ssh_key"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(key if key.endswith("\n") else key + "\n")   # ssh refuses a key without its last newline
+    return {"ANSIBLE_PRIVATE_KEY_FILE": str(path), "SSH_AUTH_SOCK": ""}
+
+
 def _run_here(inventory: dict, extravars: dict, ssh_private_key: str, log_dir: Path, quiet: bool,
               scale_nodes: list[str], playbook: str) -> RunResult:
     """run_playbook's work, in the new interpreter."""
@@ -370,9 +383,10 @@ def _run_here(inventory: dict, extravars: dict, ssh_private_key: str, log_dir: P
         playbook, extravars = "scale.yml", {**extravars, "pilothouse_scale_nodes": scale_nodes}
     # The pid in the name tells remove_dead_runs_data whether a left directory's run is still going.
     with tempfile.TemporaryDirectory(prefix=f"{PRIVATE_PREFIX}{os.getpid()}-") as private:
+        envvars = {**ansible_env(), **(key_envvars(Path(private), ssh_private_key) if ssh_private_key else {})}
         result = ansible_runner.run(
             private_data_dir=private, playbook=str(ROLES / playbook), inventory=inventory,
-            extravars=extravars, ssh_key=ssh_private_key, envvars=ansible_env(), quiet=quiet,
+            extravars=extravars, envvars=envvars, quiet=quiet,
             project_dir=str(ROLES), artifact_dir=str(log_dir / "runs"), rotate_artifacts=5,
         )
         stdout = result.stdout.read()

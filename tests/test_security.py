@@ -315,12 +315,13 @@ def test_etcd_runs_as_its_own_user_which_alone_reads_its_data_and_keys(shared_cl
 
 
 PING = """
-import json, sys
+import json, pathlib, sys
 import ansible_runner
 from infra import playbook
 job = json.load(sys.stdin)
+env = {**job["env"], **playbook.key_envvars(pathlib.Path(job["dir"]), job["key"])}
 run = ansible_runner.run(private_data_dir=job["dir"], host_pattern="all", module="ping", quiet=True,
-                         inventory={"all": {"hosts": job["hosts"]}}, envvars=job["env"], ssh_key=job["key"])
+                         inventory={"all": {"hosts": job["hosts"]}}, envvars=env)
 print(json.dumps({"rc": run.rc, "failures": playbook.failures(run.events)}))
 """
 

@@ -84,7 +84,7 @@ class Host:
 
 
 def _ssh_options(access: SshAccess, known_hosts: Path | str = "") -> list[str]:
-    # Without a key file the key comes from ssh-agent (ansible-runner loads a generated key into one).
+    # Without a key file, ssh uses what it would by itself: the user's agent or keys in ~/.ssh.
     key = ["-i", str(access.key_path), "-o", "IdentitiesOnly=yes"] if access.key_path else []
     # These hosts' keys are not known beforehand: the first one seen is recorded, a different one refused later.
     checked = known_hosts_mod.options(known_hosts, pinned=False) if known_hosts else []
