@@ -87,13 +87,28 @@ def pulumi_tools() -> Path:
     return tools
 
 
+def no_automatic_log(home: Path) -> None:
+    """Turn off the CLI's automatic log in the Pulumi home `home`. Every command writes a debug log of each
+    resource's properties there (logs/, gzipped and encrypted, kept up to 7 days and 500 MB): measured on the
+    dev stack, 43% of the engine's CPU in a no-op `up`, and 266 MB in a day of runs. The CLI has no switch for
+    it and skips it when it cannot make that directory, so an empty file takes its place (a directory an
+    earlier run left is removed). `pulumi -v=9 --logtostderr` still logs as before."""
+    logs = home / "logs"
+    if logs.is_dir() and not logs.is_symlink():
+        shutil.rmtree(logs)
+    if not logs.exists() and not logs.is_symlink():
+        logs.touch()
+
+
 def pulumi_env(state_dir: Path) -> dict[str, str]:
     """Environment for an offline CLI: file backend, no update check, no plugin downloads."""
     tools = pulumi_tools()
     private_dir(state_dir)
+    home = private_dir(state_dir / "home")
+    no_automatic_log(home)
     env = {
         "PATH": os.pathsep.join([str(tools), str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
-        "PULUMI_HOME": str(state_dir / "home"),
+        "PULUMI_HOME": str(home),
         "PULUMI_BACKEND_URL": f"file://{state_dir}",
         "PULUMI_SKIP_UPDATE_CHECK": "true",
         "PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION": "true",

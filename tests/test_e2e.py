@@ -54,6 +54,9 @@ def test_a_second_pulumi_up_changes_nothing(shared_cluster):
         return [p for p in directory.glob("kubeconfig*") if p.stat().st_mtime >= since]
     assert copies(shared_cluster.workdir / "state" / "tmp")
     assert copies(Path(tempfile.gettempdir())) == []
+    # Nor does the CLI write its automatic log (stack.no_automatic_log) anywhere in its home.
+    home = Path(shared_cluster.stack.workspace.env_vars["PULUMI_HOME"])
+    assert [p for p in home.rglob("*.log") if p.stat().st_mtime >= since] == []
 
 
 def test_plain_pulumi_preview_runs_the_same_program_and_sees_no_change(shared_cluster):
