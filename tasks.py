@@ -196,12 +196,9 @@ def ssh(c, name, stack="dev"):
 def _report(stack_name: str):
     from infra import status
 
-    outputs = cli.select(stack_name).outputs()
-    if "admin_kubeconfig" not in outputs:
-        raise Exit(f"stack {stack_name} has no cluster: run `invoke up --stack {stack_name}` first")
-    report = status.collect(outputs["machines"].value, outputs["ssh_private_key"].value,
-                            outputs["admin_kubeconfig"].value)
-    return report, outputs["admin_kubeconfig"].value
+    outputs = cli.outputs(stack_name)
+    report = status.collect(outputs["machines"], outputs["ssh_private_key"], outputs["admin_kubeconfig"])
+    return report, outputs["admin_kubeconfig"]
 
 
 @task(help={"stack": "Pulumi stack whose machines to configure"})
@@ -211,13 +208,10 @@ def playbook(c, stack="dev"):
 
     from infra import playbook as playbook_mod
 
-    outputs = cli.select(stack).outputs()
-    if "playbook_vars" not in outputs:
-        raise Exit(f"stack {stack} has no cluster: run `invoke up --stack {stack}` first")
-    extravars = json.loads(outputs["playbook_vars"].value)
+    outputs = cli.outputs(stack)
+    extravars = json.loads(outputs["playbook_vars"])
     try:
-        result = playbook_mod.run_playbook(json.loads(outputs["inventory"].value), extravars,
-                                           outputs["ssh_private_key"].value,
+        result = playbook_mod.run_playbook(json.loads(outputs["inventory"]), extravars, outputs["ssh_private_key"],
                                            Path(extravars["pilothouse_admin_kubeconfig"]).parent / "logs", quiet=False)
     except playbook_mod.PlaybookError as exc:
         raise Exit(str(exc), code=1)
@@ -238,10 +232,7 @@ def status(c, stack="dev"):
 @task(help={"stack": "Pulumi stack whose admin kubeconfig to print"})
 def kubeconfig(c, stack="dev"):
     """Print the path of the admin kubeconfig (server: the load balancer), for `export KUBECONFIG=...`."""
-    outputs = cli.select(stack).outputs()
-    if "admin_kubeconfig" not in outputs:
-        raise Exit(f"stack {stack} has no cluster: run `invoke up --stack {stack}` first")
-    print(outputs["admin_kubeconfig"].value)
+    print(cli.outputs(stack)["admin_kubeconfig"])
 
 
 @task(name="ci-up", help={"stack": "Pulumi stack to bring up (config: Pulumi.<stack>.yaml, else the defaults)"})

@@ -85,11 +85,11 @@ def outputs(stack_name: str) -> dict:
     return found
 
 
-def etcd_access(stack_name: str):
-    """What the etcd tasks need of the stack (infra.etcd.access)."""
+def etcd_access(stack_outputs: dict):
+    """What the etcd and certificate tasks need of the stack (infra.etcd.access), from its outputs."""
     from infra import etcd
 
     try:
-        return etcd.access(outputs(stack_name))
+        return etcd.access(stack_outputs)
     except etcd.BackupError as exc:
         raise Exit(str(exc), code=1) from None

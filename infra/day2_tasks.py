@@ -16,7 +16,7 @@ def etcd_backup(c, stack="dev", retention=5):
     """Save a verified etcd snapshot (+ .sha256, + .json) into the cluster directory's backups/."""
     from infra import etcd
 
-    cluster = cli.etcd_access(stack)
+    cluster = cli.etcd_access(cli.outputs(stack))
     try:
         done = etcd.backup(cluster, int(retention))
     except etcd.BackupError as exc:
@@ -32,7 +32,7 @@ def etcd_list(c, stack="dev"):
 
     from infra import etcd
 
-    cluster = cli.etcd_access(stack)
+    cluster = cli.etcd_access(cli.outputs(stack))
     found = etcd.snapshots(cluster.backups)
     if not found:
         print(f"no backups in {cluster.backups}: `invoke etcd.backup` takes one")
@@ -50,7 +50,7 @@ def etcd_restore(c, snapshot, stack="dev", dry_run=False):
     """Restore every etcd member from a snapshot `invoke etcd.backup` took (the API is down meanwhile)."""
     from infra import etcd, playbook as playbook_mod
 
-    cluster = cli.etcd_access(stack)
+    cluster = cli.etcd_access(cli.outputs(stack))
     path = Path(snapshot)
     if not path.exists() and (cluster.backups / snapshot).exists():
         path = cluster.backups / snapshot
@@ -88,13 +88,10 @@ def certs_rotate(c, stack="dev", dry_run=False):
     """Renew every leaf certificate with a new key (the CAs stay) and roll the components one machine at a time
     behind the load balancer: etcd members, load balancers, masters (each API server drained first), nodes.
     A request loop runs through the load balancer meanwhile; its figures are printed at the end."""
-    from infra import drill as drill_mod, etcd, playbook as playbook_mod, rotation
+    from infra import drill as drill_mod, playbook as playbook_mod, rotation
 
     outputs = cli.outputs(stack)
-    try:
-        cluster = etcd.access(outputs)
-    except etcd.BackupError as exc:
-        raise Exit(str(exc), code=1) from None
+    cluster = cli.etcd_access(outputs)
     if dry_run:
         print(f"`invoke certs.rotate --stack {stack}` would:")
         for line in rotation.plan(cluster.pki, outputs["machines"]):

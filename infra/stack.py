@@ -94,10 +94,9 @@ def no_automatic_log(home: Path) -> None:
     it and skips it when it cannot make that directory, so an empty file takes its place (a directory an
     earlier run left is removed). `pulumi -v=9 --logtostderr` still logs as before."""
     logs = home / "logs"
-    if logs.is_dir() and not logs.is_symlink():
+    if logs.is_dir():
         shutil.rmtree(logs)
-    if not logs.exists() and not logs.is_symlink():
-        logs.touch()
+    logs.touch()
 
 
 def pulumi_env(state_dir: Path) -> dict[str, str]:
