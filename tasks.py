@@ -140,7 +140,7 @@ def down(c, stack="dev", dry_run=False):
     if dry_run:
         outputs = {k: v.value for k, v in st.outputs().items()}
         backend = st.get_all_config().get("pilothouse:backend")
-        resources = st.exportcli.select().deployment.get("resources", [])
+        resources = st.export_stack().deployment.get("resources", [])
         print(f"`invoke down --stack {stack}` would:")
         from infra.machines import vm
 

@@ -1,6 +1,6 @@
-"""The invoke tasks as a user meets them, without machines: `invoke --list` loads tasks.py and the day-2 tasks
-beside it, every command the README names exists, every task is in the README, and each one explains itself and
-every option it takes in `invoke --help`."""
+"""The invoke tasks as a user meets them: `invoke --list` loads tasks.py and the day-2 tasks beside it, every
+command the README names exists, every task is in the README, and each one explains itself and every option it
+takes in `invoke --help`. One test runs `invoke down --dry-run` against the shared cluster."""
 from __future__ import annotations
 
 import inspect
@@ -48,3 +48,21 @@ def test_every_task_has_a_description_and_a_help_line_for_each_option():
         options = [p for p in inspect.signature(task.body).parameters if p != "c"]
         unexplained = [o for o in options if not task.help.get(o)]
         assert not unexplained, f"`invoke --help {name}` leaves unexplained: {unexplained}"
+
+
+def test_a_dry_run_of_down_names_every_machine_and_touches_nothing(shared_cluster, monkeypatch, capsys):
+    from invoke import Context
+
+    from infra import cli
+    from infra.machines import local
+
+    monkeypatch.setattr(cli, "select", lambda name: shared_cluster.stack)
+    resources = len(shared_cluster.stack.export_stack().deployment["resources"])
+    states = {m.name: local.status(m.name) for m in shared_cluster.spec.machines}
+    tasks.down(Context(), stack="shared", dry_run=True)
+    said = capsys.readouterr().out
+    for machine in shared_cluster.spec.machines:
+        assert re.search(rf"{machine.name} +{re.escape(machine.address)} .* delete machine", said), said
+    assert f"{resources} resources in the state" in said
+    assert {m.name: local.status(m.name) for m in shared_cluster.spec.machines} == states
+    assert len(shared_cluster.stack.export_stack().deployment["resources"]) == resources
