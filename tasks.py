@@ -23,10 +23,10 @@ def deps(c, quiet=False):
         raise Exit("Go is missing: install Go >= 1.24 (Debian bookworm's golang is too old; use the official "
                    "tarball or backports), or set `source: download` in infra/artifacts/lock.yaml.")
     from infra import debian  # imported late: `invoke deps` must work before the venv is complete
-    from infra.artifacts import images
+    from infra.artifacts import image_recipes
     from infra.machines import host, vm
 
-    wanted = [*TOOL_PACKAGES, *host.HOST_PACKAGES, *vm.HOST_PACKAGES, *images.HOST_PACKAGES.values()]
+    wanted = [*TOOL_PACKAGES, *host.HOST_PACKAGES, *vm.HOST_PACKAGES, *image_recipes.HOST_PACKAGES.values()]
     try:
         installed = debian.ensure(wanted, RuntimeError, log=print)
     except RuntimeError as exc:

@@ -31,14 +31,14 @@ def recover(st):
 def checked_spec(stack_name: str):
     """The stack's spec; a bad stack config is refused before building or starting anything, with its problems
     and nothing else (the program checks again, for plain `pulumi up`)."""
-    import yaml
+    from infra import yamlload
 
     from infra import spec as spec_mod
     from infra.playbook import running_cluster_problem
     from infra.stack import REPO
 
     path = REPO / f"Pulumi.{stack_name}.yaml"
-    values = (yaml.safe_load(path.read_text()) or {}).get("config") or {} if path.exists() else {}
+    values = (yamlload.load(path.read_text()) or {}).get("config") or {} if path.exists() else {}
     try:
         spec = spec_mod.from_stack_config(values)
     except spec_mod.SpecError as exc:

@@ -22,10 +22,9 @@ from pathlib import Path
 
 import ansible_runner
 import pulumi
-import yaml
 from pulumi import dynamic
 
-from infra import artifacts, known_hosts
+from infra import artifacts, known_hosts, yamlload
 from infra.machines import remote
 from infra.spec_model import API_PORT, ClusterSpec, Machine, SshAccess
 
@@ -187,7 +186,7 @@ PINNED_ROLE_IMAGES = {"containerd_sandbox_image": "containerd", "coredns_image":
 
 
 def role_default(role: str, var: str) -> str:
-    return yaml.safe_load((ROLES / role / "defaults" / "main.yml").read_text())[var]
+    return yamlload.load((ROLES / role / "defaults" / "main.yml").read_text())[var]
 
 
 def pinned_role_images(pinned: dict[str, str]) -> dict[str, str]:

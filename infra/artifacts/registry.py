@@ -34,7 +34,8 @@ from typing import Iterator
 
 import yaml
 
-from .images import ImageFamily, ensure_host_packages, ensure_images, mirror_path, run
+from .debpkg import run
+from .images import ImageFamily, ensure_host_packages, ensure_images, mirror_path
 from .store import ArtifactError, cache_root
 
 # What containerd would otherwise pull from, per registry host it mirrors.
