@@ -93,7 +93,7 @@ def up(c, stack="dev", refresh=False):
     follower.start()
     try:
         with cli.pulumi_errors("pulumi up"):
-            result = st.up(on_output=cli.stream)
+            result = st.up(on_output=cli.stream, show_secrets=False)
     finally:
         stop.set()
         follower.join()
