@@ -67,11 +67,6 @@ def write_wrapper(workdir: Path, name: str, spec: dict) -> None:
         lines += [f"\t{old} => {new}" for old, new in replaces.items()]
         lines.append(")")
     (workdir / "go.mod").write_text("\n".join(lines) + "\n")
-    # A blank import of each main package keeps `go mod tidy` (which reads every build tag) from dropping
-    # what we build; the `tools` tag keeps the file itself out of every build.
-    imports = "\n".join(f'\t_ "{_package(spec, p)}"' for p in spec["binaries"].values()
-                        if not p.startswith("./"))
-    (workdir / "tools.go").write_text(f"//go:build tools\n\npackage tools\n\nimport (\n{imports}\n)\n")
 
 
 def _package(spec: dict, path: str) -> str:
@@ -108,7 +103,11 @@ def build(name: str, spec: dict, out: Path, log=print) -> None:
         if "local_package" in spec:
             _copy_local_package(module_dir / spec["local_package"], work / spec["local_package"])
         started = time.monotonic()
-        _run(["go", "mod", "tidy", "-e"], work, env, f"{name} {spec['version']}: resolving modules")
+        # Fetch only the modules holding packages the binaries import, for this platform. `go mod tidy` fetched
+        # every module any build tag or OS could need: Traefik's took 205 s against 116 s from an empty module
+        # cache. -e: the local package's embedded files appear only with `go generate` below.
+        packages = [_package(spec, p) for p in spec["binaries"].values()]
+        _run(["go", "list", "-e", "-deps", *packages], work, env, f"{name} {spec['version']}: resolving modules")
         if "local_package" in spec:
             gen_env = dict(env, **{k: expand(v, spec) for k, v in spec.get("generate_env", {}).items()})
             _run(["go", "generate", f"./{spec['local_package']}"], work, gen_env, f"{name}: go generate")
