@@ -10,7 +10,7 @@ Tests on the shared cluster may change it (a worker is added, a manifest removed
 started again); each leaves it healthy. They run after every other test (pytest_collection_modifyitems), in file
 order: test_addons, test_cis, test_e2e, test_roles,
 test_scenarios, test_scenarios_config, test_second_day (etcd restore, certificate rotation, the master drill),
-test_security.
+test_security, test_tasks (a dry run of `invoke down`).
 """
 from __future__ import annotations
 

@@ -8,6 +8,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from infra.stack import REPO
 
 sys.path.insert(0, str(REPO))
@@ -50,6 +52,8 @@ def test_every_task_has_a_description_and_a_help_line_for_each_option():
         assert not unexplained, f"`invoke --help {name}` leaves unexplained: {unexplained}"
 
 
+@pytest.mark.artifacts
+@pytest.mark.machines
 def test_a_dry_run_of_down_names_every_machine_and_touches_nothing(shared_cluster, monkeypatch, capsys):
     from invoke import Context
 
@@ -62,7 +66,7 @@ def test_a_dry_run_of_down_names_every_machine_and_touches_nothing(shared_cluste
     tasks.down(Context(), stack="shared", dry_run=True)
     said = capsys.readouterr().out
     for machine in shared_cluster.spec.machines:
-        assert re.search(rf"{machine.name} +{re.escape(machine.address)} .* delete machine", said), said
+        assert re.search(rf"{re.escape(machine.name)} +{re.escape(machine.address)} .* delete machine", said), said
     assert f"{resources} resources in the state" in said
     assert {m.name: local.status(m.name) for m in shared_cluster.spec.machines} == states
     assert len(shared_cluster.stack.export_stack().deployment["resources"]) == resources
