@@ -170,6 +170,15 @@ def test_an_unknown_version_fails_with_a_message_naming_the_lock_file(lock, tmp_
     assert not any((tmp_path / "artifacts" / "coredns").iterdir()), "a failed build left files behind"
 
 
+
+def test_a_binary_the_module_lacks_fails_while_resolving_and_names_the_package(lock, tmp_path, monkeypatch):
+    monkeypatch.setenv("PILOTHOUSE_CACHE", str(tmp_path))
+    bad = copy.deepcopy(lock)
+    bad["go"]["etcdutl"]["binaries"] = {"etcdutl": "no-such-command"}
+    with pytest.raises(artifacts.ArtifactError, match=r"resolving modules failed[\s\S]*no-such-command"):
+        artifacts.ensure_go("etcdutl", bad)
+    assert not any((tmp_path / "artifacts" / "etcdutl").iterdir()), "a failed build left files behind"
+
 def test_a_missing_go_toolchain_is_named(lock, tmp_path, monkeypatch):
     monkeypatch.setenv("PILOTHOUSE_CACHE", str(tmp_path))
     monkeypatch.setenv("PATH", "/nonexistent")

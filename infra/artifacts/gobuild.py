@@ -103,14 +103,14 @@ def build(name: str, spec: dict, out: Path, log=print) -> None:
         if "local_package" in spec:
             _copy_local_package(module_dir / spec["local_package"], work / spec["local_package"])
         started = time.monotonic()
-        # Fetch only the modules holding packages the binaries import, for this platform. `go mod tidy` fetched
-        # every module any build tag or OS could need: Traefik's took 205 s against 116 s from an empty module
-        # cache. -e: the local package's embedded files appear only with `go generate` below.
-        packages = [_package(spec, p) for p in spec["binaries"].values()]
-        _run(["go", "list", "-e", "-deps", *packages], work, env, f"{name} {spec['version']}: resolving modules")
-        if "local_package" in spec:
+        if "local_package" in spec:  # first: until it has run, the files the package embeds are missing
             gen_env = dict(env, **{k: expand(v, spec) for k, v in spec.get("generate_env", {}).items()})
             _run(["go", "generate", f"./{spec['local_package']}"], work, gen_env, f"{name}: go generate")
+        # Fetch only the modules holding packages the binaries import, for this platform. `go mod tidy` fetched
+        # every module any build tag or OS could need: Traefik's took 205 s against 116 s from an empty module
+        # cache.
+        packages = [_package(spec, p) for p in spec["binaries"].values()]
+        _run(["go", "list", "-deps", *packages], work, env, f"{name} {spec['version']}: resolving modules")
         flags = ldflags(spec)
         for binary, path in spec["binaries"].items():
             log(f"  {name}: compiling {binary} ({time.monotonic() - started:.0f}s)")
