@@ -75,7 +75,7 @@ def up(c, stack="dev", refresh=False):
     import threading
     import time
 
-    from infra import playbook
+    from infra import playbook, stack as stack_mod
 
     spec = cli.checked_spec(stack)
     artifacts(c, kubernetes=spec.kubernetes_version)  # every build happens here, with progress, before Pulumi
@@ -83,8 +83,6 @@ def up(c, stack="dev", refresh=False):
     cli.recover(st)
     with cli.pulumi_errors("pulumi refresh"):
         if refresh:
-            from infra import stack as stack_mod
-
             stack_mod.refresh_machines(st, on_output=cli.stream)
     # Pulumi shows a resource only when it finishes; the playbook's phases are followed from its live log.
     stop = threading.Event()
@@ -93,7 +91,7 @@ def up(c, stack="dev", refresh=False):
     follower.start()
     try:
         with cli.pulumi_errors("pulumi up"):
-            result = st.up(on_output=cli.stream, show_secrets=False)
+            result = stack_mod.up(st, on_output=cli.stream)
     finally:
         stop.set()
         follower.join()

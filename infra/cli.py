@@ -31,9 +31,7 @@ def recover(st):
 def checked_spec(stack_name: str):
     """The stack's spec; a bad stack config is refused before building or starting anything, with its problems
     and nothing else (the program checks again, for plain `pulumi up`)."""
-    from infra import yamlload
-
-    from infra import spec as spec_mod
+    from infra import spec as spec_mod, yamlload
     from infra.playbook import running_cluster_problem
     from infra.stack import REPO
 

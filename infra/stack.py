@@ -172,6 +172,13 @@ def select_stack(stack: str, program: Callable[[], None], state_dir: Path,
     return stack_obj
 
 
+def up(st: auto.Stack, **kwargs) -> auto.UpResult:
+    """`pulumi up` without decrypted config in the result's summary, which nothing here reads: the Automation API
+    follows every update with `pulumi stack history`, and with --show-secrets the CLI first derives the passphrase
+    key (0.44 s a call here, 0.21 s without)."""
+    return st.up(show_secrets=False, **kwargs)
+
+
 def destroy(st: auto.Stack, **kwargs) -> auto.DestroyResult:
     """`pulumi destroy`, saving the state once at the end instead of after every step. Each step rewrites the
     whole state file, and a cluster with the samples is some 150 steps (the Kubernetes objects are skipped with

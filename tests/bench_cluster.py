@@ -126,7 +126,7 @@ def main() -> None:
         st = stack.select_stack("bench", program.main, Path(state), config=CONFIG)
         try:
             began = time.monotonic()
-            outputs = st.up(on_event=on_event, show_secrets=False).outputs
+            outputs = stack.up(st, on_event=on_event).outputs
             configured = time.monotonic()
             tl.phase("machines SSH-ready (6)", began, max(machines_done))
             kubeconfig = outputs["admin_kubeconfig"].value
@@ -154,12 +154,12 @@ def main() -> None:
                 print(f"    {seconds:6.2f} s  {unit} restart to ready")
 
             began = time.monotonic()
-            st.up(expect_no_changes=True, show_secrets=False)
+            stack.up(st, expect_no_changes=True)
             tl.phase("no-op pulumi up", began)
 
             began = time.monotonic()
             st.set_config("pilothouse:workers", stack.auto.ConfigValue("3"))
-            st.up(show_secrets=False)
+            stack.up(st)
             nodes_ready(kubectl, kubeconfig, 6)
             tl.phase("add one worker (Ready)", began)
         finally:

@@ -39,7 +39,7 @@ def measure(workers: int, kubectl: str, settle: float) -> dict:
                                 Path(state), config=config)
         try:
             began = time.monotonic()
-            outputs = st.up(show_secrets=False).outputs
+            outputs = stack.up(st).outputs
             nodes_ready(kubectl, outputs["admin_kubeconfig"].value, len(spec.nodes))
             up = time.monotonic() - began
             tasks = slowest_tasks(spec.name)

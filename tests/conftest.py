@@ -150,7 +150,7 @@ class LiveCluster:
             self.stack.set_config(f"pilothouse:{key}", auto.ConfigValue(str(value).lower()
                                                                         if isinstance(value, bool) else str(value)))
         self.config.update(config_changes)
-        result = self.stack.up(on_output=print, show_secrets=False)
+        result = stack.up(self.stack, on_output=print)
         self.outputs = {k: v.value for k, v in result.outputs.items()}
         return result
 

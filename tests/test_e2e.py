@@ -46,7 +46,7 @@ def test_every_sample_workload_behaves_as_the_notes_say(shared_cluster):
 
 def test_a_second_pulumi_up_changes_nothing(shared_cluster):
     since = time.time()
-    result = shared_cluster.stack.up(expect_no_changes=True, show_secrets=False)
+    result = stack.up(shared_cluster.stack, expect_no_changes=True)
     assert set(result.summary.resource_changes) == {"same"}, result.summary.resource_changes
     # pulumi-kubernetes copies the admin kubeconfig to a new file in $TMPDIR each time it starts: the copies
     # of this run are in the stack's private directory (stack.pulumi_env), none in the host's /tmp.
