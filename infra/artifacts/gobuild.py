@@ -103,10 +103,9 @@ def build(name: str, spec: dict, out: Path, log=print) -> None:
         write_wrapper(work, name, spec)
         # Fetch the pinned module first: an unknown version fails here with a message naming the pin.
         module_dir = _module_dir(spec["module"], spec["version"], work, env)
-        if "local_package" in spec:
-            _copy_local_package(module_dir / spec["local_package"], work / spec["local_package"])
         started = time.monotonic()
-        if "local_package" in spec:  # first: until it has run, the files the package embeds are missing
+        if "local_package" in spec:  # generate first: until it has run, the files the package embeds are missing
+            _copy_local_package(module_dir / spec["local_package"], work / spec["local_package"])
             gen_env = dict(env, **{k: expand(v, spec) for k, v in spec.get("generate_env", {}).items()})
             _run(["go", "generate", f"./{spec['local_package']}"], work, gen_env, f"{name}: go generate")
         # Fetch only the modules holding packages the binaries import, for this platform. `go mod tidy` fetched
