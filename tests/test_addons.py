@@ -121,12 +121,12 @@ def test_each_addon_workload_waits_for_its_account_and_the_rights_bound_to_it():
 
 
 def test_the_speaker_is_applied_apart_from_the_rest_of_metallb():
-    rest, speaker = addons.split_speaker(addons.load("metallb"))
+    rest, speaker = addons.split_out(addons.load("metallb"), "metallb", "DaemonSet", "speaker")
     assert (speaker["kind"], speaker["metadata"]["name"]) == ("DaemonSet", "speaker")
     assert not any(d["kind"] == "DaemonSet" for d in rest)
     assert len(rest) == len(addons.load("metallb")) - 1
-    with pytest.raises(addons.AddonsError, match="speaker"):
-        addons.split_speaker(rest)
+    with pytest.raises(addons.AddonsError, match="metallb.yaml must hold exactly one DaemonSet `speaker`"):
+        addons.split_out(rest, "metallb", "DaemonSet", "speaker")
 
 
 def test_metallbs_webhook_secret_holds_a_ca_and_serving_certificate_its_rotator_accepts(tmp_path):
@@ -134,7 +134,7 @@ def test_metallbs_webhook_secret_holds_a_ca_and_serving_certificate_its_rotator_
     from cryptography.hazmat.primitives.asymmetric import padding
     from pulumi import Output
 
-    rest = addons.split_speaker(addons.load("metallb"))[0]
+    rest = addons.split_out(addons.load("metallb"), "metallb", "DaemonSet", "speaker")[0]
     docs = addons.with_webhook_cert(rest, tmp_path)
     secret = next(d for d in docs if d["kind"] == "Secret" and d["metadata"]["name"] == addons.WEBHOOK_SECRET)
     assert set(secret["data"]) == {"ca.crt", "ca.key", "tls.crt", "tls.key"}

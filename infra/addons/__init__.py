@@ -200,12 +200,12 @@ def accounts_first(docs: list[dict]) -> list[dict]:
     return out
 
 
-def split_speaker(docs: list[dict]) -> tuple[list[dict], dict]:
-    """(MetalLB's documents without its speaker DaemonSet, that DaemonSet)."""
-    speaker = [d for d in docs if d["kind"] == "DaemonSet" and d["metadata"]["name"] == "speaker"]
-    if len(speaker) != 1:
-        raise AddonsError(f"{ADDONS_DIR / 'metallb.yaml'} must hold MetalLB's one `speaker` DaemonSet")
-    return [d for d in docs if d is not speaker[0]], speaker[0]
+def split_out(docs: list[dict], manifest: str, kind: str, name: str) -> tuple[list[dict], dict]:
+    """(the manifest's documents without its one `kind` named `name`, that document)."""
+    found = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name]
+    if len(found) != 1:
+        raise AddonsError(f"{ADDONS_DIR / (manifest + '.yaml')} must hold exactly one {kind} `{name}`")
+    return [d for d in docs if d is not found[0]], found[0]
 
 
 # MetalLB's webhook Secret, and what its controller's certificate rotator accepts there as valid (a CA named
@@ -378,7 +378,7 @@ class Addons(pulumi.ComponentResource):
         # Each group is applied with pulumi-kubernetes' await logic on: Deployments and DaemonSets count as
         # created only when their pods are available, a LoadBalancer Service only once it has an address.
         crds = k8s.yaml.v2.ConfigGroup(f"{name}-metallb-crds", objs=load("metallb-crds", pins), opts=child())
-        rest, speaker = split_speaker(prompt_readiness(load("metallb", pins)))
+        rest, speaker = split_out(prompt_readiness(load("metallb", pins)), "metallb", "DaemonSet", "speaker")
         if args.keys_dir:
             rest = with_webhook_cert(rest, args.keys_dir)
         metallb = k8s.yaml.v2.ConfigGroup(f"{name}-metallb", objs=accounts_first(rest), opts=child(crds))
@@ -396,7 +396,19 @@ class Addons(pulumi.ComponentResource):
         admitted = WebhooksAdmit(f"{name}-metallb-webhooks", kubeconfig, pool_objs,
                                  opts=ResourceOptions(parent=self, depends_on=[metallb]))
         k8s.yaml.v2.ConfigGroup(f"{name}-metallb-pool", objs=pool_objs, opts=child(admitted))
-        local_path = k8s.yaml.v2.ConfigGroup(f"{name}-local-path", objs=objects("local-path"), opts=child())
+        local_path_rest, storage_class = split_out(objects("local-path"), "local-path", "StorageClass", STORAGE_CLASS)
+        k8s.yaml.v2.ConfigGroup(f"{name}-local-path", objs=local_path_rest, opts=child())
+        # The default StorageClass apart from its provisioner, for what needs storage to wait on: a claim needs only
+        # the class to exist when it is created (admission fills it in), its volume waits for a consumer pod, and
+        # the provisioner takes up the claims made before it ran. Waiting for the provisioner's Deployment held
+        # the samples' StatefulSets back 6-10 s. Its URN inside the group is an alias, so a stack made before keeps
+        # it; given as a URN, because the group's own URN is known only once every child of it is created.
+        child_name = f"{name}-local-path:{STORAGE_CLASS}"
+        former = self.urn.apply(lambda urn: f"{urn.rsplit('::', 1)[0]}$kubernetes:yaml/v2:ConfigGroup"
+                                            f"$kubernetes:storage.k8s.io/v1:StorageClass::{child_name}")
+        self.storage = pulumi.CustomResource(
+            "kubernetes:storage.k8s.io/v1:StorageClass", child_name, storage_class,
+            opts=ResourceOptions(parent=self, provider=self.provider, aliases=[former]))
         k8s.yaml.v2.ConfigGroup(f"{name}-metrics-server", objs=objects("metrics-server"), opts=child())
         # Traefik starts beside MetalLB: its Service is awaited until it has an address, which MetalLB's
         # controller gives it once the pool exists (it reconciles every Service again when a pool appears).
@@ -404,7 +416,6 @@ class Addons(pulumi.ComponentResource):
 
         self.ingress_class = INGRESS_CLASS
         self.storage_class = STORAGE_CLASS
-        self.storage = local_path       # done once the default StorageClass exists and its provisioner runs
         self.ingress = traefik          # done once the IngressClass exists and Traefik serves on its address
         self.webhook_wait_seconds = admitted.seconds
         self.ingress_address = traefik.resources.apply(_lb_address)
