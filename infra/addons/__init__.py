@@ -34,6 +34,7 @@ from pulumi import Output, ResourceOptions, dynamic
 from infra import artifacts, yamlload
 from infra.artifacts.store import ArtifactError
 from infra.kube import Kubectl, KubectlError
+from infra.workloads.deploy import grouped_urn, type_token
 from infra.workloads.keys import GENERATE_ANNOTATION, with_generated_keys
 
 # Not under workloads/: these are the cluster's own services, not samples of the notes.
@@ -403,11 +404,9 @@ class Addons(pulumi.ComponentResource):
         # the provisioner takes up the claims made before it ran. Waiting for the provisioner's Deployment held
         # the samples' StatefulSets back 6-10 s. Its URN inside the group is an alias, so a stack made before keeps
         # it; given as a URN, because the group's own URN is known only once every child of it is created.
-        child_name = f"{name}-local-path:{STORAGE_CLASS}"
-        former = self.urn.apply(lambda urn: f"{urn.rsplit('::', 1)[0]}$kubernetes:yaml/v2:ConfigGroup"
-                                            f"$kubernetes:storage.k8s.io/v1:StorageClass::{child_name}")
+        former = self.urn.apply(lambda urn: grouped_urn(urn, f"{name}-local-path", storage_class))
         self.storage = pulumi.CustomResource(
-            "kubernetes:storage.k8s.io/v1:StorageClass", child_name, storage_class,
+            type_token(storage_class), f"{name}-local-path:{STORAGE_CLASS}", storage_class,
             opts=ResourceOptions(parent=self, provider=self.provider, aliases=[former]))
         k8s.yaml.v2.ConfigGroup(f"{name}-metrics-server", objs=objects("metrics-server"), opts=child())
         # Traefik starts beside MetalLB: its Service is awaited until it has an address, which MetalLB's

@@ -52,13 +52,14 @@ def type_token(obj: dict) -> str:
     return f"kubernetes:{group or 'core'}/{version}:{obj['kind']}"
 
 
-def grouped_urn(samples_urn: str, child: str, obj: dict) -> str:
-    """The URN the object had when each sample was a ConfigGroup of its own (stacks made before 2026-12-05):
-    given as an alias, so such a stack keeps its objects instead of replacing them."""
-    prefix = samples_urn.rsplit("::", 1)[0]
+def grouped_urn(parent_urn: str, group: str, obj: dict) -> str:
+    """The URN the object has as a child of ConfigGroup `group` under the component at parent_urn. Given as an
+    alias where an object left its group (each sample had one of its own in stacks made before 2026-12-05), so
+    a stack made before keeps the object instead of replacing it."""
+    prefix = parent_urn.rsplit("::", 1)[0]
     _, namespace, name = object_key(obj)
     ident = f"{namespace}/{name}" if namespace else name
-    return f"{prefix}$kubernetes:yaml/v2:ConfigGroup${type_token(obj)}::{child}:{ident}"
+    return f"{prefix}$kubernetes:yaml/v2:ConfigGroup${type_token(obj)}::{group}:{ident}"
 
 
 def resource_inputs(obj: dict, secret: bool) -> dict:
