@@ -68,3 +68,32 @@ def test_a_sha256_that_is_not_the_files_replaces_nothing(tmp_path):
     assert not list((tmp_path / "bin").glob("*.pilothouse-tmp"))
     missing = run(tmp_path, {"alpha": src}, {})
     assert missing["failed"] and "pilothouse_binary_digests" in missing["msg"], missing
+
+
+def test_a_files_task_checks_the_binaries_and_the_install_sends_only_what_it_found_stale(tmp_path):
+    """What the roles do: pilothouse_files checks the binaries in its own run, and pilothouse_binaries, given that
+    `stale` list, sends just those without a check of its own."""
+    (a, a_sum), (b, b_sum) = binary(tmp_path, "alpha", b"alpha" * 100), binary(tmp_path, "beta", b"beta" * 100)
+    sources, digests = {"alpha": a, "beta": b}, {"alpha": a_sum, "beta": b_sum}
+    run(tmp_path, sources, digests)
+    bin_dir = tmp_path / "bin"
+    (bin_dir / "alpha").write_bytes(b"older" * 100)   # same size, other bytes: hashed, found stale
+    (bin_dir / "beta").chmod(0o700)                      # right bytes, wrong mode: fixed in the files run
+    wants = [{"dest": str(bin_dir / n), "sha256": digests[n], "size": 500} for n in ("alpha", "beta")]
+    checked = run_module("pilothouse_files", {"files": [], "binaries": wants,
+                                              "binary_record": str(tmp_path / "record.json")})
+    assert not checked["failed"], checked
+    assert checked["stale"] == [str(bin_dir / "alpha")] and checked["changed_paths"] == [str(bin_dir / "beta")]
+    assert stat.S_IMODE((bin_dir / "beta").stat().st_mode) == 0o755
+    assert (bin_dir / "alpha").read_bytes() == b"older" * 100, "the files run replaced a binary"
+    # beta is deliberately not in `stale`: were the action to check again, it would find nothing else to send.
+    (bin_dir / "beta").write_bytes(b"BETA" * 100)
+    args = {"names": ["alpha", "beta"], "sources": sources, "digests": digests, "dest_dir": str(bin_dir),
+            "record": str(tmp_path / "record.json"), "stale": checked["stale"]}
+    sent = run_module("pilothouse_binaries", args)
+    assert not sent["failed"] and sent["changed_paths"] == [str(bin_dir / "alpha")], sent
+    assert (bin_dir / "alpha").read_bytes() == b"alpha" * 100 and (bin_dir / "beta").read_bytes() == b"BETA" * 100
+    nothing = run_module("pilothouse_binaries", {**args, "stale": []})
+    assert not nothing["failed"] and not nothing["changed"] and nothing["changed_paths"] == [], nothing
+    foreign = run_module("pilothouse_binaries", {**args, "stale": ["/usr/local/bin/other"]})
+    assert foreign["failed"] and "not among this task's binaries" in foreign["msg"], foreign

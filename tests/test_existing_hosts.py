@@ -103,8 +103,8 @@ def test_the_reset_covers_every_unit_and_binary_the_roles_install():
                            cwd=repo)
     sent = {b.strip() for line in names.stdout.splitlines() for b in line.split("[", 1)[1].rstrip("]").split(",")}
     assert {"etcd", "kube-apiserver", "kubelet", "kube-proxy"} <= sent, names.stdout
-    module = Path(repo, "roles", "library", "pilothouse_binaries.py").read_text()
-    record = re.search(r"default=\"(/[^\"]+)\"", module).group(1)
+    shared = Path(repo, "roles", "module_utils", "pilothouse_binary_state.py").read_text()
+    record = re.search(r'^RECORD = "(/[^"]+)"', shared, re.M).group(1)
     installed = set(roles.stdout.split()) | {f"/usr/local/bin/{b}" for b in sent} | {str(Path(record).parent)}
     missing = sorted(p for p in installed if p not in remote.RESET_PATHS)
     assert not missing, f"the roles install {missing}, which the reset would leave behind"

@@ -1,12 +1,14 @@
 # -*- coding: utf-8 -*-
 """Action for the pilothouse_binaries module: one module run per host finds the binaries not at their sha256;
-only those are sent, and a second run installs them. A no-op run transfers nothing and hashes nothing here."""
+only those are sent, and a second run installs them. A no-op run transfers nothing and hashes nothing here.
+Given `stale` (what a pilothouse_files task checked in its own run), the first module run is skipped."""
 from __future__ import annotations
 
 import os
 
-from ansible.errors import AnsibleActionFail
+from ansible.errors import AnsibleActionFail, AnsibleFilterError
 from ansible.plugins.action import ActionBase
+from ansible.plugins.loader import filter_loader
 
 DOCUMENTATION = r"""
 name: pilothouse_binaries
@@ -17,29 +19,36 @@ options:
   digests: {description: "Name -> sha256 of that file (pilothouse_binary_digests).", type: dict, required: true}
   dest_dir: {description: Directory on the host., type: str, default: /usr/local/bin}
   record: {description: The module's record of checked binaries on the host., type: str, default: /var/lib/pilothouse/binaries.json}
+  stale: {description: "Paths already found missing or not at their sha256 (pilothouse_files' I(stale)): only
+    these are sent, without checking again.", type: list}
 """
 
 
 class ActionModule(ActionBase):
-    _VALID_ARGS = frozenset(("names", "sources", "digests", "dest_dir", "record"))
+    _VALID_ARGS = frozenset(("names", "sources", "digests", "dest_dir", "record", "stale"))
 
     def run(self, tmp=None, task_vars=None):
         result = super().run(tmp, task_vars)
         args = self._task.args
         dest_dir = args.get("dest_dir", "/usr/local/bin")
         record = {"record": args["record"]} if args.get("record") else {}
-        wanted, local = [], {}
-        for name in args["names"]:
-            src, digest = args["sources"].get(name), args["digests"].get(name)
-            if not src or not digest or not os.path.isfile(src):
-                raise AnsibleActionFail("%s: pilothouse_binaries must name an existing file on the controller and "
-                                        "pilothouse_binary_digests its sha256 (got %r and %r)" % (name, src, digest))
-            dest = "%s/%s" % (dest_dir.rstrip("/"), name)
-            wanted.append({"dest": dest, "sha256": digest, "size": os.path.getsize(src)})
-            local[dest] = src
+        # The same list a pilothouse_files task checks with this filter (its `binaries` option).
+        wants = filter_loader.get("pilothouse_binary_wants").j2_function
         try:
-            checked = self._execute_module("pilothouse_binaries", module_args={"binaries": wanted, **record},
-                                           task_vars=task_vars)
+            wanted = wants(args["names"], args["sources"], args["digests"], dest_dir)
+        except AnsibleFilterError as exc:
+            raise AnsibleActionFail(str(exc))
+        local = {item["dest"]: args["sources"][name] for name, item in zip(args["names"], wanted)}
+        if args.get("stale") is not None and set(args["stale"]) - set(local):
+            raise AnsibleActionFail("stale names %s, which are not among this task's binaries"
+                                    % sorted(set(args["stale"]) - set(local)))
+        try:
+            if args.get("stale") is not None:
+                checked = {"changed": bool(args["stale"]) and self._task.check_mode, "stale": list(args["stale"]),
+                           "changed_paths": []}
+            else:
+                checked = self._execute_module("pilothouse_binaries", module_args={"binaries": wanted, **record},
+                                               task_vars=task_vars)
             if checked.get("failed") or self._task.check_mode or not checked.get("stale"):
                 return {**result, **checked}
             self._make_tmp_path()

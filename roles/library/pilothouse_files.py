@@ -45,6 +45,19 @@ options:
     type: list
     elements: dict
     default: []
+  binaries:
+    description:
+      - "Binaries to check in the same run, each {dest, sha256, size} (the pilothouse_binary_wants filter makes
+        them): a wrong mode or owner is fixed, and those missing or not at their sha256 are returned in I(stale)
+        for the role's pilothouse_binaries task to send. A no-op run then needs no module run of its own for
+        them."
+    type: list
+    elements: dict
+    default: []
+  binary_record:
+    description: The record of checked binaries on the host (the one pilothouse_binaries keeps).
+    type: str
+    default: /var/lib/pilothouse/binaries.json
 author: pilothouse
 """
 
@@ -63,6 +76,7 @@ units:
   type: dict
   returned: always
 applied: {description: Units of I(apply) restarted or started., type: list, returned: always}
+stale: {description: "Binaries of I(binaries) missing or not at their sha256.", type: list, returned: always}
 """
 
 import base64
@@ -71,6 +85,7 @@ import pwd
 import stat
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.pilothouse_binary_state import RECORD, keep
 
 
 def _mode(value, default):
@@ -158,6 +173,8 @@ def main():
             dir_mode=dict(type="str", default="0755"),
             units=dict(type="list", elements="str", default=[]),
             apply=dict(type="list", elements="dict", default=[]),
+            binaries=dict(type="list", elements="dict", default=[]),
+            binary_record=dict(type="str", default=RECORD),
         ),
         supports_check_mode=True,
     )
@@ -208,8 +225,10 @@ def main():
         if ids:
             os.chown(tmp, *ids)
         os.replace(tmp, path)
+    stale, fixed = keep(module, module.params["binaries"], module.params["binary_record"])
+    changed += fixed
     applied = apply_units(module, wanted, states, changed)
-    module.exit_json(changed=bool(changed or applied), changed_paths=changed, applied=applied,
+    module.exit_json(changed=bool(changed or applied), changed_paths=changed, applied=applied, stale=stale,
                      units={name: states[name] for name in module.params["units"]})
 
 
