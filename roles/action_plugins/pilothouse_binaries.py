@@ -39,16 +39,16 @@ class ActionModule(ActionBase):
         except AnsibleFilterError as exc:
             raise AnsibleActionFail(str(exc))
         local = {item["dest"]: args["sources"][name] for name, item in zip(args["names"], wanted)}
-        if args.get("stale") is not None and set(args["stale"]) - set(local):
+        stale = args.get("stale")
+        if stale is not None and set(stale) - set(local):
             raise AnsibleActionFail("stale names %s, which are not among this task's binaries"
-                                    % sorted(set(args["stale"]) - set(local)))
+                                    % sorted(set(stale) - set(local)))
         try:
-            if args.get("stale") is not None:
-                checked = {"changed": bool(args["stale"]) and self._task.check_mode, "stale": list(args["stale"]),
-                           "changed_paths": []}
-            else:
+            if stale is None:
                 checked = self._execute_module("pilothouse_binaries", module_args={"binaries": wanted, **record},
                                                task_vars=task_vars)
+            else:
+                checked = {"changed": bool(stale) and self._task.check_mode, "stale": list(stale), "changed_paths": []}
             if checked.get("failed") or self._task.check_mode or not checked.get("stale"):
                 return {**result, **checked}
             self._make_tmp_path()

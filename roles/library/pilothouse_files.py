@@ -225,8 +225,10 @@ def main():
         if ids:
             os.chown(tmp, *ids)
         os.replace(tmp, path)
-    stale, fixed = keep(module, module.params["binaries"], module.params["binary_record"])
-    changed += fixed
+    stale = []
+    if module.params["binaries"]:  # the record is read (and pruned) only by a task that checks binaries
+        stale, fixed = keep(module, module.params["binaries"], module.params["binary_record"])
+        changed += fixed
     applied = apply_units(module, wanted, states, changed)
     module.exit_json(changed=bool(changed or applied), changed_paths=changed, applied=applied, stale=stale,
                      units={name: states[name] for name in module.params["units"]})
